@@ -112,7 +112,9 @@ class CallContext:
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_hops <= HOPS_CEILING:
-            raise InvalidContext(f"max_hops must be between 0 and {HOPS_CEILING}, got {self.max_hops}")
+            raise InvalidContext(
+                f"max_hops must be between 0 and {HOPS_CEILING}, got {self.max_hops}"
+            )
         if not 0 <= self.hops <= self.max_hops:
             raise InvalidContext(
                 f"hops must be between 0 and max_hops ({self.max_hops}), got {self.hops}"
@@ -312,9 +314,7 @@ def _parse(name: str, key: str, raw: Any) -> int | float:
             value: int | float = float(raw)
             if not math.isfinite(value):
                 raise ValueError
-        elif isinstance(raw, int | str):
-            value = int(raw)
-        elif isinstance(raw, float) and raw.is_integer():
+        elif isinstance(raw, int | str) or (isinstance(raw, float) and raw.is_integer()):
             value = int(raw)
         else:
             raise ValueError

@@ -63,7 +63,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     return parse_config(text, file=str(file), env=os.environ if env is None else env)
 
 
-def parse_config(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> MeshConfig:
+def parse_config(
+    text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None
+) -> MeshConfig:
     env = {} if env is None else env
     data, lines = _read_yaml(text, file)
     data = _interpolate(data, (), lines, file, env)
@@ -92,7 +94,9 @@ def _read_yaml(text: str, file: str) -> tuple[dict[str, Any], dict[Path_, int]]:
         return {}, {}
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(
-            "expected a mapping of settings at the top level", file=file, line=root.start_mark.line + 1
+            "expected a mapping of settings at the top level",
+            file=file,
+            line=root.start_mark.line + 1,
         )
     lines: dict[Path_, int] = {}
     return _construct(root, (), lines, file), lines
@@ -105,7 +109,9 @@ def _construct(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str)
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError(
-                    "mapping keys must be plain strings", file=file, line=key_node.start_mark.line + 1
+                    "mapping keys must be plain strings",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
                 )
             key = str(key_node.value)
             if key in out:
@@ -160,7 +166,9 @@ def _apply_override(data: dict[str, Any], name: str, raw: str, sources: dict[Pat
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"value {raw!r} is not valid YAML: {exc}", file=f"environment variable {name}") from None
+        raise ConfigError(
+            f"value {raw!r} is not valid YAML: {exc}", file=f"environment variable {name}"
+        ) from None
     target: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = target.get(part)
