@@ -1,0 +1,231 @@
+"""The embedded workflow store: one SQLite file, WAL mode, shared by local processes.
+
+The stdlib driver is synchronous; each call runs in a worker thread under a lock
+so the event loop never blocks on the disk. Every write is its own transaction,
+committed before the call returns, so an acknowledged change survives SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from microhive.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from microhive.orchestrator.store import (
+    RunEvent,
+    RunRecord,
+    RunStatus,
+    TaskRecord,
+    TaskStatus,
+    WorkflowStore,
+    run_from_row,
+    run_to_row,
+    task_from_row,
+    task_to_row,
+)
+
+__all__ = ["SqliteWorkflowStore"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, goal TEXT NOT NULL, status TEXT NOT NULL, options TEXT NOT NULL,
+    plan TEXT, result TEXT, error TEXT, trace TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id TEXT NOT NULL REFERENCES runs(id), id TEXT NOT NULL, position INTEGER NOT NULL,
+    role TEXT NOT NULL, instruction TEXT NOT NULL, depends_on TEXT NOT NULL, inputs TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL, result TEXT, error TEXT,
+    updated_at REAL NOT NULL, PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT NOT NULL REFERENCES runs(id), seq INTEGER NOT NULL, type TEXT NOT NULL,
+    data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (run_id, seq)
+);
+"""
+
+_RUN_COLS = "id, goal, status, options, plan, result, error, trace, created_at, updated_at"
+_TASK_COLS = (
+    "run_id, id, role, instruction, depends_on, inputs, status, attempts, result, error, updated_at"
+)
+
+
+class SqliteWorkflowStore(WorkflowStore):
+    def __init__(self, url: str) -> None:
+        path = url.removeprefix("sqlite://")
+        # sqlite:///relative.db -> "relative.db"; sqlite:////abs/x.db -> "/abs/x.db"
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise InvalidInput(f"workflow store URL {url!r}: expected sqlite:///PATH")
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+            return conn
+
+        try:
+            self._conn = await asyncio.to_thread(connect)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"cannot open workflow store {self.path}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.to_thread(conn.close)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            await self.open()
+        conn = self._conn
+        assert conn is not None
+
+        def locked() -> T:
+            with self._lock:
+                try:
+                    with conn:  # one transaction: commit on success, roll back on error
+                        return fn(conn)
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict(str(exc)) from exc
+
+        return await asyncio.to_thread(locked)
+
+    async def create_run(self, run: RunRecord) -> None:
+        row = run_to_row(run)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * len(row))})",
+                    tuple(row.values()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"run {run.id} already exists") from None
+
+        await self._run(insert)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        row = await self._run(
+            lambda c: c.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run_from_row(row)
+
+    async def list_runs(
+        self, *, statuses: Sequence[RunStatus] | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        query = f"SELECT {_RUN_COLS} FROM runs"
+        params: list[Any] = []
+        if statuses is not None:
+            query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            params.extend(s.value for s in statuses)
+        query += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        rows = await self._run(lambda c: c.execute(query, params).fetchall())
+        return [run_from_row(r) for r in rows]
+
+    async def _write_run(self, run: RunRecord, expected: RunStatus | None) -> bool:
+        row = run_to_row(run)
+        sets = ", ".join(f"{k} = ?" for k in row if k != "id")
+        query = f"UPDATE runs SET {sets} WHERE id = ?"
+        params = [v for k, v in row.items() if k != "id"] + [run.id]
+        if expected is not None:
+            query += " AND status = ?"
+            params.append(expected.value)
+        count = await self._run(lambda c: c.execute(query, params).rowcount)
+        return bool(count)
+
+    async def put_tasks(self, run_id: str, tasks: Sequence[TaskRecord]) -> None:
+        await self.get_run(run_id)
+        rows = [task_to_row(t) for t in tasks]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            start = conn.execute(
+                "SELECT COALESCE(MAX(position), 0) FROM tasks WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            for i, row in enumerate(rows, start=start + 1):
+                try:
+                    conn.execute(
+                        f"INSERT INTO tasks ({_TASK_COLS}, position) "
+                        f"VALUES ({', '.join('?' * (len(row) + 1))})",
+                        (*row.values(), i),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"run {run_id} already has a sub-task {row['id']!r}") from None
+
+        await self._run(insert)
+
+    async def get_tasks(self, run_id: str) -> list[TaskRecord]:
+        await self.get_run(run_id)
+        rows = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_TASK_COLS} FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)
+            ).fetchall()
+        )
+        return [task_from_row(r) for r in rows]
+
+    async def _write_task(self, task: TaskRecord, expected: TaskStatus | None) -> bool:
+        row = task_to_row(task)
+        keys = [k for k in row if k not in ("run_id", "id")]
+        query = (
+            f"UPDATE tasks SET {', '.join(f'{k} = ?' for k in keys)} WHERE run_id = ? AND id = ?"
+        )
+        params = [row[k] for k in keys] + [task.run_id, task.id]
+        if expected is not None:
+            query += " AND status = ?"
+            params.append(expected.value)
+        count = await self._run(lambda c: c.execute(query, params).rowcount)
+        return bool(count)
+
+    async def append_event(self, run_id: str, type: str, data: dict[str, Any]) -> RunEvent:
+        at = time.time()
+        payload = json.dumps(data)
+
+        def insert(conn: sqlite3.Connection) -> int:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise NotFound(f"no run {run_id!r}")
+            seq = int(
+                conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?", (run_id,)
+                ).fetchone()[0]
+            )
+            conn.execute(
+                "INSERT INTO run_events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
+                (run_id, seq, type, payload, at),
+            )
+            return seq
+
+        seq = await self._run(insert)
+        return RunEvent(run_id, seq, type, data, at)
+
+    async def events(self, run_id: str, *, after: int = 0) -> list[RunEvent]:
+        await self.get_run(run_id)
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT seq, type, data, at FROM run_events WHERE run_id = ? AND seq > ? "
+                "ORDER BY seq",
+                (run_id, after),
+            ).fetchall()
+        )
+        return [RunEvent(run_id, r["seq"], r["type"], json.loads(r["data"]), r["at"]) for r in rows]
