@@ -22,7 +22,9 @@ it answer three different questions, so callers can treat them differently:
     |   |-- ConfigError              mesh file: file, line, field, what was expected
     |   |-- MissingDependency        optional extra not installed (with install hint)
     |   |-- InvalidInput             malformed request / header / payload at an entry point
-    |   |   `-- InvalidContext       a call-context carrier could not be decoded
+    |   |   |-- InvalidContext       a call-context carrier could not be decoded
+    |   |   |-- PayloadTooLarge      a request body is over the service's size limit
+    |   |   `-- TargetRefused        an outbound URL points at a refused address (SSRF policy)
     |   `-- NotFound                 unknown service, run, file, ...
     |-- Stop
     |   |-- HopLimitExceeded         hop count reached zero
@@ -51,10 +53,12 @@ __all__ = [
     "MicrohiveError",
     "MissingDependency",
     "NotFound",
+    "PayloadTooLarge",
     "RuntimeFailure",
     "ServiceUnavailable",
     "Stop",
     "SupervisorError",
+    "TargetRefused",
     "TimeoutFailure",
     "UpstreamError",
     "UsageError",
@@ -141,6 +145,23 @@ class InvalidContext(InvalidInput):
     """A call-context carrier (headers, ``_meta``) held a value that cannot be read."""
 
     code = "invalid_context"
+
+
+class TargetRefused(InvalidInput):
+    """An outbound URL (web fetch, webhook) resolves to an address the policy refuses.
+
+    Private, loopback, link-local, multicast, reserved and cloud-metadata
+    addresses are refused unless the mesh file sets
+    ``security.allow_private_targets``; see :mod:`microhive.netpolicy`.
+    """
+
+    code = "target_refused"
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body is larger than the receiving service accepts (HTTP 413)."""
+
+    code = "payload_too_large"
 
 
 class NotFound(UsageError):
