@@ -21,6 +21,7 @@ __all__ = [
     "SecuritySpec",
     "ServiceSpec",
     "StoresSpec",
+    "TracingSpec",
 ]
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -33,6 +34,16 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 SERVICE_KINDS: dict[str, str | None] = {
     "app": None,
     "command": None,
+    "orchestrator": "microhive.orchestrator.service:create_service",
+    "worker": "microhive.agents.service:create_service",
+    "workspace": "microhive.workspace.service:create_service",
+    "tool": "microhive.mcp.services:create_service",
+    "openapi-tools": "microhive.mcp.openapi:create_service",
+    "calculator-rest": "microhive.tools.calculator:create_service",
+    "pdf": "microhive.tools.pdf:create_service",
+    "web": "microhive.tools.web:create_service",
+    "sentiment": "microhive.tools.sentiment:create_service",
+    "notifier": "microhive.tools.notifier:create_service",
 }
 
 
@@ -139,6 +150,26 @@ class StoresSpec(_Strict):
     workspace: str = "file://.microhive/workspace"
 
 
+class TracingSpec(_Strict):
+    """Tracing: spans always go to ``stores.traces``; also over OTLP/HTTP when an endpoint is set."""
+
+    enabled: bool = True
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 "
+        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: no OTLP export)",
+    )
+    capture_content: bool = Field(
+        default=False, description="record prompts, tool arguments and results on spans"
+    )
+    max_spans: int | None = Field(
+        default=200_000, ge=1, description="trace store keeps at most this many spans"
+    )
+    max_age_hours: float | None = Field(
+        default=168.0, gt=0, description="trace store drops traces older than this"
+    )
+
+
 class ModelSpec(_Strict):
     """A model a role can use. ``offline`` needs no key and no network."""
 
@@ -156,6 +187,7 @@ class RoleSpec(_Strict):
     """An agent role: its model and the tools (globs over namespaced names) it may use."""
 
     model: str = "default"
+    description: str = Field(default="", description="what the role does (shown to the planner)")
     tools: list[str] = Field(default_factory=list)
     max_steps: int = Field(default=8, ge=1, le=1000)
     top_k_tools: int = Field(default=8, ge=1, le=200)
@@ -183,6 +215,7 @@ class MeshConfig(_Strict):
     host: str = "127.0.0.1"
     bus: BusSpec = Field(default_factory=BusSpec)
     stores: StoresSpec = Field(default_factory=StoresSpec)
+    tracing: TracingSpec = Field(default_factory=TracingSpec)
     models: dict[str, ModelSpec] = Field(default_factory=lambda: {"default": ModelSpec()})
     roles: dict[str, RoleSpec] = Field(default_factory=dict)
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
