@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from microhive import __version__
-from microhive.cli import mesh
+from microhive.cli import mesh, run, trace
 
 __all__ = ["app", "main"]
 
@@ -23,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(mesh.app)  # init, up, status, down, logs, serve (top-level commands)
+app.add_typer(run.app)  # run GOAL
+app.add_typer(trace.app)  # trace RUN_OR_TRACE_ID
 
 
 def _version(value: bool) -> None:

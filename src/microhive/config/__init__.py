@@ -10,6 +10,7 @@ from microhive.config.model import (
     SecuritySpec,
     ServiceSpec,
     StoresSpec,
+    TracingSpec,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "SecuritySpec",
     "ServiceSpec",
     "StoresSpec",
+    "TracingSpec",
     "find_config",
     "load_config",
     "parse_config",

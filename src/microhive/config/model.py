@@ -44,6 +44,10 @@ SERVICE_KINDS: dict[str, str | None] = {
     "web": "microhive.tools.web:create_service",
     "sentiment": "microhive.tools.sentiment:create_service",
     "notifier": "microhive.tools.notifier:create_service",
+    "gateway": "microhive.mcp.gateway.service:create_service",
+    "hive-indexer": "microhive.hive.indexer:create_service",
+    "hive-sentiment": "microhive.hive.sentiment:create_service",
+    "hive-notifier": "microhive.hive.notifier:create_service",
 }
 
 
@@ -151,7 +155,7 @@ class StoresSpec(_Strict):
 
 
 class TracingSpec(_Strict):
-    """Tracing: spans always go to ``stores.traces``; also over OTLP/HTTP when an endpoint is set."""
+    """Tracing: spans go to ``stores.traces``, and over OTLP/HTTP when an endpoint is set."""
 
     enabled: bool = True
     otlp_endpoint: str | None = Field(
@@ -167,6 +171,12 @@ class TracingSpec(_Strict):
     )
     max_age_hours: float | None = Field(
         default=168.0, gt=0, description="trace store drops traces older than this"
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="share of new traces recorded; a run is traced whole or not at all",
     )
 
 

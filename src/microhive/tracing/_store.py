@@ -1,0 +1,287 @@
+"""Reading the embedded trace store: the trace list, one trace's spans, lookups.
+
+:class:`TraceStore` is what ``microhive trace`` and the dashboard use. A trace
+is found by a run id (any span's ``microhive.run_id``), by a trace id or a
+prefix of at least 4 hex digits, or as the most recent one. The file format and
+the writing side live in :mod:`microhive.tracing._sqlite`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.trace import StatusCode
+
+from microhive.errors import InvalidInput, NotFound
+from microhive.tracing._sqlite import DEFAULT_STORE_URL, connect, prune, store_path
+
+__all__ = ["StoredSpan", "TraceStore", "TraceSummary"]
+
+_MIN_PREFIX = 4
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSpan:
+    """One span as the store keeps it (ids in hex, times in Unix nanoseconds)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    service: str
+    instance: str | None
+    start_ns: int
+    end_ns: int
+    status: str
+    status_message: str | None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    resource: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def error(self) -> bool:
+        return self.status == StatusCode.ERROR.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_id": self.parent_id,
+            "name": self.name,
+            "kind": self.kind,
+            "service": self.service,
+            "instance": self.instance,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "duration_ms": round(self.duration_ms, 3),
+            "status": self.status,
+            "status_message": self.status_message,
+            "attributes": self.attributes,
+            "events": self.events,
+            "links": self.links,
+            "resource": self.resource,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    """One line of the trace list."""
+
+    trace_id: str
+    start_ns: int
+    end_ns: int
+    span_count: int
+    error_count: int
+    run_id: str | None
+    root_name: str
+    root_service: str
+    service_count: int
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def error(self) -> bool:
+        return self.error_count > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "run_id": self.run_id,
+            "root": self.root_name,
+            "root_service": self.root_service,
+            "services": self.service_count,
+            "spans": self.span_count,
+            "errors": self.error_count,
+            "start_ns": self.start_ns,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+_SPAN_COLUMNS = (
+    "trace_id, span_id, parent_id, name, kind, service, instance, start_ns, end_ns, "
+    "status, status_message, attributes, events, links, resource"
+)
+
+
+def _span(row: sqlite3.Row | tuple[Any, ...]) -> StoredSpan:
+    return StoredSpan(
+        trace_id=row[0],
+        span_id=row[1],
+        parent_id=row[2],
+        name=row[3],
+        kind=row[4],
+        service=row[5],
+        instance=row[6],
+        start_ns=row[7],
+        end_ns=row[8],
+        status=row[9],
+        status_message=row[10],
+        attributes=json.loads(row[11]),
+        events=json.loads(row[12]),
+        links=json.loads(row[13]),
+        resource=json.loads(row[14]),
+    )
+
+
+class TraceStore:
+    """Read (and prune) the embedded trace store.
+
+    The queries are short synchronous SQLite reads; async code (the dashboard)
+    should call them through ``anyio.to_thread.run_sync``. Usable as a sync or
+    async context manager; :meth:`close` / :meth:`aclose` release the file.
+    """
+
+    def __init__(self, url: str = DEFAULT_STORE_URL, *, base_dir: str | Path | None = None):
+        self.url = url
+        self.path = store_path(url, base_dir)
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, create=False)
+        return self._conn
+
+    # -------------------------------------------------------------- queries
+
+    def traces(self, limit: int = 20) -> list[TraceSummary]:
+        """The most recent traces first, with root span, service count, duration, errors."""
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        rows = self._db().execute(
+            "SELECT trace_id, start_ns, end_ns, span_count, error_count, run_id FROM traces "
+            "ORDER BY start_ns DESC, trace_id LIMIT ?",
+            (limit,),
+        )
+        return [self._summary(tuple(r)) for r in rows.fetchall()]
+
+    def _summary(self, row: tuple[Any, ...]) -> TraceSummary:
+        db = self._db()
+        trace_id = row[0]
+        root = db.execute(
+            "SELECT name, service FROM spans s WHERE trace_id = ?1 AND (parent_id IS NULL "
+            "OR NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace_id = ?1 "
+            "AND p.span_id = s.parent_id)) ORDER BY start_ns LIMIT 1",
+            (trace_id,),
+        ).fetchone()
+        services = db.execute(
+            "SELECT count(DISTINCT service) FROM spans WHERE trace_id = ?", (trace_id,)
+        ).fetchone()[0]
+        name, service = root if root is not None else ("?", "?")
+        return TraceSummary(
+            trace_id=trace_id,
+            start_ns=row[1],
+            end_ns=row[2],
+            span_count=row[3],
+            error_count=row[4],
+            run_id=row[5],
+            root_name=name,
+            root_service=service,
+            service_count=services,
+        )
+
+    def spans(self, trace_id: str) -> list[StoredSpan]:
+        """Every stored span of one trace (full 32-digit id), in start order."""
+        rows = self._db().execute(
+            f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
+            (trace_id.lower(),),
+        )
+        return [_span(r) for r in rows.fetchall()]
+
+    def summary(self, trace_id: str) -> TraceSummary:
+        row = (
+            self._db()
+            .execute(
+                "SELECT trace_id, start_ns, end_ns, span_count, error_count, run_id "
+                "FROM traces WHERE trace_id = ?",
+                (trace_id.lower(),),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(f"no trace {trace_id} in {self.path}")
+        return self._summary(tuple(row))
+
+    def find(self, ref: str) -> str:
+        """The trace id for a run id or a trace id prefix (at least 4 hex digits).
+
+        A run id wins over a prefix; an ambiguous prefix is an error listing the matches.
+        """
+        ref = ref.strip()
+        if not ref:
+            raise InvalidInput("give a run id or a trace id (or --last)")
+        db = self._db()
+        row = db.execute(
+            "SELECT trace_id FROM traces WHERE run_id = ? ORDER BY start_ns DESC LIMIT 1", (ref,)
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        prefix = ref.lower()
+        if len(prefix) >= _MIN_PREFIX and all(c in "0123456789abcdef" for c in prefix):
+            matches = [
+                r[0]
+                for r in db.execute(
+                    "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? LIMIT 6",
+                    (prefix, prefix + "g"),
+                )
+            ]
+            if len(matches) == 1:
+                return str(matches[0])
+            if len(matches) > 1:
+                shown = ", ".join(m[:12] for m in matches[:5])
+                raise InvalidInput(
+                    f"trace id prefix {ref!r} is ambiguous ({shown}, ...); give more digits"
+                )
+        raise NotFound(f"no trace with run id or trace id {ref!r} in {self.path}")
+
+    def last(self) -> str:
+        """The id of the most recently started trace."""
+        found = self.traces(limit=1)
+        if not found:
+            raise NotFound(f"the trace store {self.path} holds no traces yet")
+        return found[0].trace_id
+
+    def prune(self, *, max_spans: int | None = None, max_age_hours: float | None = None) -> int:
+        """Drop whole traces, oldest first, beyond the limits; returns the spans removed."""
+        return prune(self._db(), max_spans, max_age_hours)
+
+    def count_spans(self) -> int:
+        return int(self._db().execute("SELECT count(*) FROM spans").fetchone()[0])
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> TraceStore:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
