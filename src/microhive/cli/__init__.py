@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from microhive import __version__
-from microhive.cli import mesh, run, trace
+from microhive.cli import mesh, run, trace, webhooks, ws
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,8 @@ app = typer.Typer(
 app.add_typer(mesh.app)  # init, up, status, down, logs, serve (top-level commands)
 app.add_typer(run.app)  # run GOAL
 app.add_typer(trace.app)  # trace RUN_OR_TRACE_ID
+app.add_typer(ws.app, name="ws", help="Files in the shared workspace.")
+app.add_typer(webhooks.app, name="webhooks", help="Webhook subscriptions of the workspace.")
 
 
 def _version(value: bool) -> None:
