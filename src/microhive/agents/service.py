@@ -1,0 +1,142 @@
+"""A worker as a mesh service (kind ``worker``): one role, N replicas, one queue group.
+
+Settings (``services.<name>.settings``):
+
+``role``          the agent role it serves (required; a key of ``roles:``)
+``concurrency``   sub-tasks one replica works on at once (default 4)
+``gateway``       the name of the gateway service whose tools it uses (default: the
+                  mesh's ``gateway`` service if there is one, else no tools)
+``ack_wait``      seconds before an unacknowledged sub-task goes to another
+                  replica; the worker heartbeats well before it (default 30)
+
+The role's model (``roles.<role>.model``) can be replaced per run by the run's
+``options.models``; its tools are the gateway's tools the role is allowed.
+
+``/metrics`` adds model- and tool-call latency histograms (by outcome) and
+``microhive_worker_tasks_in_flight``, the sub-tasks this replica is working on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from microhive.agents.loop import Toolbox
+from microhive.agents.worker import Worker
+from microhive.bus import bus_from_spec
+from microhive.config import MeshConfig
+from microhive.errors import ConfigError
+from microhive.models import open_model
+from microhive.models.base import ModelProvider
+from microhive.orchestrator.messages import TaskMessage
+from microhive.service import Service, ServiceContext
+from microhive.tracing import register_call_metrics
+
+__all__ = ["create_service", "gateway_url"]
+
+
+def gateway_url(mesh: MeshConfig, name: str) -> str:
+    """The MCP endpoint of the mesh's gateway service ``name``."""
+    spec = mesh.service(name)
+    if spec.port is None:
+        raise ConfigError(
+            f"the gateway service {name!r} needs a fixed port so workers can reach it",
+            field=f"services.{name}.port",
+        )
+    host = spec.host or mesh.host
+    return f"http://{host}:{spec.port}/mcp"
+
+
+def create_service(ctx: ServiceContext) -> Service:
+    settings: dict[str, Any] = dict(ctx.spec.settings)
+    where = f"services.{ctx.name}.settings"
+    role = settings.pop("role", None)
+    mesh = ctx.mesh
+    if not isinstance(role, str) or role not in mesh.roles:
+        known = ", ".join(sorted(mesh.roles)) or "none"
+        raise ConfigError(
+            f"role: expected one of the mesh's roles ({known}), got {role!r}", field=where
+        )
+    concurrency = int(settings.pop("concurrency", 4))
+    ack_wait = float(settings.pop("ack_wait", 30.0))
+    gateway = settings.pop("gateway", "gateway" if "gateway" in mesh.services else None)
+    if settings:
+        raise ConfigError(f"unknown keys {', '.join(sorted(settings))}", field=where)
+    role_spec = mesh.roles[role]
+    url = gateway_url(mesh, gateway) if gateway else None
+    token = _role_token(role_spec.token_env)
+
+    service = Service(ctx)
+    calls = register_call_metrics(service.registry)
+    models: dict[str, ModelProvider] = {}
+
+    def model_for(name: str | None) -> ModelProvider:
+        chosen = name or role_spec.model
+        if chosen not in mesh.models:
+            raise ConfigError(f"run asks for model {chosen!r}, which the mesh does not define")
+        if chosen not in models:
+            model = open_model(mesh.models[chosen])
+            model.call_metrics = calls
+            models[chosen] = model
+        return models[chosen]
+
+    state: dict[str, Any] = {}
+    in_flight = service.metrics.gauge(
+        "microhive_worker_tasks_in_flight", "Sub-tasks this worker replica is working on."
+    )
+    in_flight.set_function(lambda: state["worker"].active if "worker" in state else 0)
+
+    async def toolbox_for(task: TaskMessage) -> Toolbox | None:
+        return state.get("toolbox")
+
+    @service.on_startup
+    async def start() -> None:
+        bus = bus_from_spec(mesh.bus)
+        await bus.start()
+        state["bus"] = bus
+        if url is not None:
+            from microhive.agents.gateway_toolbox import GatewayToolbox
+
+            toolbox = GatewayToolbox(url, token=token)
+            await toolbox.start()
+            state["toolbox"] = toolbox
+        worker = Worker(
+            bus=bus,
+            role=role,
+            model_for=model_for,
+            toolbox_for=toolbox_for,
+            max_steps=role_spec.max_steps,
+            top_k=role_spec.top_k_tools,
+            concurrency=concurrency,
+            ack_wait=ack_wait,
+            metrics=calls,
+        )
+        await worker.start()
+        state["worker"] = worker
+
+    @service.on_shutdown
+    async def stop() -> None:
+        if "worker" in state:
+            await state["worker"].aclose()
+        if "toolbox" in state:
+            await state["toolbox"].aclose()
+        for model in models.values():
+            await model.aclose()
+        if "bus" in state:
+            await state["bus"].aclose()
+
+    async def bus_ready() -> None:
+        await state["bus"].ping()
+
+    service.add_ready_check("bus", bus_ready)
+    return service
+
+
+def _role_token(env_name: str | None) -> str | None:
+    import os
+
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"environment variable {env_name} (the role's gateway token) is not set")
+    return value

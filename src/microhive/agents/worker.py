@@ -1,0 +1,257 @@
+"""A worker: one role's agent, taking sub-tasks from its queue group on the bus.
+
+Workers keep no state. A sub-task arrives as a :class:`TaskMessage` on
+``tasks.<role>``; the worker says it started, runs the agent loop (model and the
+role's tools), reports each tool call, and publishes the result on
+``runs.<run>.result``. Only then is the message acknowledged, so a worker killed
+mid-task loses nothing: the bus redelivers the sub-task to another replica.
+
+What makes the redo safe is that everything a worker causes is keyed on the
+sub-task: its events carry message ids built from run, task and attempt (the bus
+stores each once), and tool calls that accept an ``idempotency_key`` get one
+derived from the sub-task and the call's position, so a workspace write repeated
+by the second replica is applied once.
+
+Each sub-task is one ``invoke_agent {role}`` span (with ``microhive.run_id``, the
+sub-task id and attempt), a child of the orchestrator's dispatch in the run's
+trace; the loop's model and tool calls are its children, and the events the
+worker publishes carry it as their parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from microhive.agents.loop import (
+    AgentResult,
+    StopReason,
+    Toolbox,
+    ToolOutcome,
+    ToolRecord,
+    run_agent,
+    with_span_trace,
+)
+from microhive.bus import Bus, Delivery, Subscription
+from microhive.context import CallContext
+from microhive.errors import MicrohiveError
+from microhive.models.base import ModelProvider, join_trace
+from microhive.models.prompts import task_messages
+from microhive.models.types import ToolSpec
+from microhive.orchestrator.messages import (
+    TaskEvent,
+    TaskMessage,
+    parse_message,
+    result_msg_id,
+    run_subject,
+    task_subject,
+    worker_group,
+)
+from microhive.tracing import CallMetrics, TracedSpan, agent_span
+
+__all__ = ["KeyedToolbox", "Worker"]
+
+log = logging.getLogger("microhive.worker")
+
+ModelFor = Callable[[str | None], ModelProvider]
+ToolboxFor = Callable[[TaskMessage], Awaitable[Toolbox | None]]
+
+
+class KeyedToolbox:
+    """Adds a deterministic ``idempotency_key`` to calls of tools that accept one."""
+
+    def __init__(self, inner: Toolbox, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        self._keyed: set[str] = set()
+        self._count = 0
+
+    async def list_tools(self) -> list[ToolSpec]:
+        tools = await self._inner.list_tools()
+        self._keyed = {
+            t.name for t in tools if "idempotency_key" in (t.parameters.get("properties") or {})
+        }
+        return tools
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, context: CallContext
+    ) -> ToolOutcome:
+        self._count += 1
+        if name in self._keyed and "idempotency_key" not in arguments:
+            arguments = {**arguments, "idempotency_key": f"{self._prefix}:{self._count}"}
+        return await self._inner.call_tool(name, arguments, context=context)
+
+
+class Worker:
+    """Serves one role: ``await worker.start()``, then ``await worker.aclose()``."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        role: str,
+        model_for: ModelFor,
+        toolbox_for: ToolboxFor | None = None,
+        max_steps: int = 8,
+        top_k: int | None = None,
+        concurrency: int = 4,
+        ack_wait: float = 30.0,
+        role_prompt: str = "",
+        metrics: CallMetrics | None = None,
+    ) -> None:
+        self.bus = bus
+        self.role = role
+        self.model_for = model_for
+        self.toolbox_for = toolbox_for
+        self.max_steps = max_steps
+        self.top_k = top_k
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self.role_prompt = role_prompt
+        self.metrics = metrics
+        self.name = f"{role}@{socket.gethostname()}:{os.getpid()}"
+        self.handled = 0
+        #: Sub-tasks being worked on right now (a service exposes it on /metrics).
+        self.active = 0
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.bus.subscribe(
+            task_subject(self.role),
+            self.handle,
+            queue=worker_group(self.role),
+            start="beginning",
+            concurrency=self.concurrency,
+            ack_wait=self.ack_wait,
+        )
+
+    async def aclose(self) -> None:
+        if self._sub is not None:
+            await self._sub.aclose()
+            self._sub = None
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Run one sub-task. Malformed messages raise InvalidInput (dead-lettered)."""
+        task = parse_message(TaskMessage, delivery.json())
+        self.active += 1
+        token = join_trace(delivery.context)  # a no-op when the bus activated it already
+        try:
+            with agent_span(
+                self.role, agent_id=self.name, run_id=task.run_id, ctx=delivery.context
+            ) as span:
+                span.set("microhive.task_id", task.task_id)
+                span.set("microhive.task.attempt", task.attempt)
+                # The bus activated the delivery's context; with the span now current,
+                # what the worker publishes has it as parent. Calls given the context
+                # explicitly get it through with_span_trace.
+                ctx = with_span_trace(delivery.context, span)
+                await self._handle(task, ctx, delivery, span)
+        finally:
+            self.active -= 1
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _handle(
+        self, task: TaskMessage, ctx: CallContext, delivery: Delivery, span: TracedSpan
+    ) -> None:
+        await self._report(task, "started")
+        heartbeat = asyncio.create_task(self._keep_alive(delivery))
+        try:
+            result = await self._run(task, ctx, span)
+        except MicrohiveError as exc:
+            span.fail(exc)
+            await self._report(task, "result", ok=False, error=exc.message)
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        span.usage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
+        ok = result.stop is StopReason.FINAL_ANSWER
+        await self._report(
+            task,
+            "result",
+            ok=ok,
+            result=result.to_dict(),
+            error=None if ok else f"{result.stop.value}: {result.detail}",
+        )
+        self.handled += 1
+
+    async def _run(self, task: TaskMessage, ctx: CallContext, span: TracedSpan) -> AgentResult:
+        model = self.model_for(task.model)
+        span.set("gen_ai.provider.name", model.provider)
+        span.set("gen_ai.request.model", model.model)
+        toolbox = await self.toolbox_for(task) if self.toolbox_for is not None else None
+        keyed = (
+            KeyedToolbox(toolbox, f"{task.run_id}:{task.task_id}") if toolbox is not None else None
+        )
+        messages = task_messages(
+            task.role,
+            task.instruction,
+            inputs=task.inputs,
+            project=task.project,
+            documents=task.documents,
+            role_prompt=self.role_prompt,
+        )
+
+        async def on_tool(record: ToolRecord) -> None:
+            detail: dict[str, Any] = {"tool": record.name, "is_error": record.is_error}
+            path = record.arguments.get("path")
+            kind = "file" if path and "write" in record.name and not record.is_error else "tool"
+            if path:
+                detail["path"] = path
+            await self._report(task, kind, detail=detail)
+
+        return await run_agent(
+            model,
+            messages,
+            toolbox=keyed,
+            context=ctx,
+            max_steps=self.max_steps,
+            top_k=self.top_k,
+            task_text=task.instruction,
+            on_tool_call=on_tool,
+            metrics=self.metrics,
+        )
+
+    async def _report(
+        self,
+        task: TaskMessage,
+        kind: str,
+        *,
+        ok: bool = True,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        event = TaskEvent(
+            type=kind,
+            run_id=task.run_id,
+            task_id=task.task_id,
+            attempt=task.attempt,
+            worker=self.name,
+            ok=ok,
+            result=result,
+            error=error,
+            detail=detail or {},
+        )
+        subject_kind = {"started": "started", "result": "result"}.get(kind, "progress")
+        msg_id = None
+        if kind in ("started", "result"):
+            msg_id = result_msg_id(task.run_id, task.task_id, task.attempt, kind)
+        await self.bus.publish(
+            run_subject(task.run_id, subject_kind), event.model_dump(mode="json"), msg_id=msg_id
+        )
+
+    async def _keep_alive(self, delivery: Delivery) -> None:
+        """Tell the bus the sub-task is still being worked on, well before ack_wait."""
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            await delivery.in_progress()

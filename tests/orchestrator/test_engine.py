@@ -1,0 +1,227 @@
+"""The orchestrator engine with real workers on an in-process bus and scripted models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microhive.agents.toolbox import LocalToolbox
+from microhive.agents.worker import Worker
+from microhive.bus import Bus, open_bus
+from microhive.context import CallContext
+from microhive.models.base import ModelProvider
+from microhive.models.scripted import Reply, ScriptedModel
+from microhive.models.types import ToolCall
+from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
+from microhive.orchestrator.engine import Orchestrator, RunOptions
+
+ROLES = {"researcher": "finds material", "writer": "writes the brief"}
+
+PLAN = {
+    "tasks": [
+        {"id": "research-a", "role": "researcher", "instruction": "research bees"},
+        {"id": "research-b", "role": "researcher", "instruction": "research gardens"},
+        {
+            "id": "write",
+            "role": "writer",
+            "instruction": "write the report",
+            "depends_on": ["research-a", "research-b"],
+        },
+    ]
+}
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[Bus]:
+    async with open_bus("memory://") as bus:
+        yield bus
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[WorkflowStore]:
+    async with open_store(f"sqlite:///{tmp_path}/wf.db") as store:
+        yield store
+
+
+async def _mesh(
+    bus: Bus,
+    store: WorkflowStore,
+    planner: ModelProvider,
+    worker_models: dict[str, ModelProvider],
+    toolbox: LocalToolbox | None = None,
+) -> tuple[Orchestrator, list[Worker]]:
+    orch = Orchestrator(store=store, bus=bus, planner=planner, roles=ROLES, max_attempts=2)
+    await orch.start()
+    workers = []
+    for role, model in worker_models.items():
+
+        async def tools(_: object, box: LocalToolbox | None = toolbox) -> LocalToolbox | None:
+            return box
+
+        worker = Worker(bus=bus, role=role, model_for=lambda _, m=model: m, toolbox_for=tools)
+        await worker.start()
+        workers.append(worker)
+    return orch, workers
+
+
+async def _close(orch: Orchestrator, workers: list[Worker]) -> None:
+    for w in workers:
+        await w.aclose()
+    await orch.aclose()
+
+
+async def test_plan_runs_in_dependency_order_and_succeeds(bus: Bus, store: WorkflowStore) -> None:
+    written: dict[str, str] = {}
+    box = LocalToolbox()
+
+    def write(path: str, content: str, idempotency_key: str = "") -> dict[str, Any]:
+        """Write a file."""
+        written[path] = content
+        return {"path": path, "key": idempotency_key}
+
+    box.add(write)
+    writer_model = ScriptedModel(
+        [Reply(tool_calls=(ToolCall("", "write", {"path": "report.md", "content": "# R"}),)), "ok"]
+    )
+    orch, workers = await _mesh(
+        bus,
+        store,
+        ScriptedModel([json.dumps(PLAN)]),
+        {"researcher": ScriptedModel(["found it"], cycle=True), "writer": writer_model},
+        box,
+    )
+    try:
+        run = await orch.submit("a brief about bees", RunOptions(timeout=30))
+        done = await orch.wait(run.id, within=20)
+        assert done.status is RunStatus.SUCCEEDED, done.error
+        assert done.result is not None
+        assert done.result["files"] == ["report.md"]
+        assert written == {"report.md": "# R"}
+        tasks = {t.id: t for t in await store.get_tasks(run.id)}
+        assert all(t.status is TaskStatus.SUCCEEDED for t in tasks.values())
+        assert all(t.attempts == 1 for t in tasks.values())
+        # The writer saw both research results as documents.
+        user = writer_model.requests[0].messages[-1].content
+        assert user.count("found it") == 2
+        types = [e.type for e in await store.events(run.id)]
+        assert types[0] == "run.created"
+        assert "plan.made" in types
+        assert types[-1] == "run.succeeded"
+        assert types.index("task.finished") < max(
+            i for i, t in enumerate(types) if t == "task.dispatched"
+        )
+        assert "file.written" in types
+        # The idempotency key is derived from the sub-task, so a redo is applied once.
+        assert tasks["write"].result is not None
+    finally:
+        await _close(orch, workers)
+
+
+async def test_bad_plans_are_reasked_then_refused(bus: Bus, store: WorkflowStore) -> None:
+    cyclic = {
+        "tasks": [
+            {"id": "a", "role": "writer", "instruction": "x", "depends_on": ["b"]},
+            {"id": "b", "role": "writer", "instruction": "x", "depends_on": ["a"]},
+        ]
+    }
+    unknown = {"tasks": [{"id": "a", "role": "poet", "instruction": "x"}]}
+    planner = ScriptedModel([json.dumps(cyclic), json.dumps(unknown), "not json"])
+    orch, workers = await _mesh(bus, store, planner, {})
+    try:
+        run = await orch.submit("loop forever")
+        done = await orch.wait(run.id, within=10)
+        assert done.status is RunStatus.FAILED
+        assert done.error is not None
+        assert "no valid plan after 3 attempts" in done.error
+        reasons = [e.data["reason"] for e in await store.events(run.id) if e.type == "plan.refused"]
+        assert "cycle" in reasons[0]
+        assert "unknown role 'poet'" in reasons[1]
+        # The planner was told why its plan was refused.
+        assert "cycle" in planner.requests[1].messages[-1].content
+    finally:
+        await _close(orch, workers)
+
+
+async def test_failing_subtask_is_retried_then_fails_the_run(
+    bus: Bus, store: WorkflowStore
+) -> None:
+    plan = {"tasks": [{"id": "only", "role": "researcher", "instruction": "loop"}]}
+    looping = ScriptedModel([Reply(tool_calls=(ToolCall("", "nothing", {}),))], cycle=True)
+    orch, workers = await _mesh(
+        bus, store, ScriptedModel([json.dumps(plan)]), {"researcher": looping}
+    )
+    workers[0].max_steps = 2
+    try:
+        run = await orch.submit("never finishes")
+        done = await orch.wait(run.id, within=10)
+        assert done.status is RunStatus.FAILED
+        assert done.error is not None
+        assert "failed after 2 attempts" in done.error
+        assert "max_steps" in done.error
+        types = [e.type for e in await store.events(run.id)]
+        assert "task.retry" in types
+        assert (await store.get_task(run.id, "only")).attempts == 2
+    finally:
+        await _close(orch, workers)
+
+
+async def test_run_over_its_deadline_is_stopped_with_the_reason(
+    bus: Bus, store: WorkflowStore
+) -> None:
+    plan = {"tasks": [{"id": "slow", "role": "researcher", "instruction": "take ages"}]}
+    slow = ScriptedModel([Reply("late", delay=30)])
+    orch, workers = await _mesh(bus, store, ScriptedModel([json.dumps(plan)]), {"researcher": slow})
+    try:
+        run = await orch.submit("too slow", RunOptions(timeout=0.5))
+        done = await orch.wait(run.id, within=10)
+        assert done.status is RunStatus.FAILED
+        assert done.error is not None
+        assert "deadline" in done.error
+    finally:
+        await _close(orch, workers)
+
+
+async def test_cancel(bus: Bus, store: WorkflowStore) -> None:
+    plan = {"tasks": [{"id": "slow", "role": "researcher", "instruction": "take ages"}]}
+    slow = ScriptedModel([Reply("late", delay=30)])
+    orch, workers = await _mesh(bus, store, ScriptedModel([json.dumps(plan)]), {"researcher": slow})
+    try:
+        run = await orch.submit("cancel me")
+        cancelled = await orch.cancel(run.id)
+        assert cancelled.status is RunStatus.CANCELLED
+        assert (await orch.wait(run.id, within=5)).status is RunStatus.CANCELLED
+    finally:
+        await _close(orch, workers)
+
+
+async def test_run_keeps_the_callers_trace(bus: Bus, store: WorkflowStore) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    plan = {"tasks": [{"id": "one", "role": "researcher", "instruction": "x"}]}
+    orch, workers = await _mesh(
+        bus, store, ScriptedModel([json.dumps(plan)]), {"researcher": ScriptedModel(["ok"])}
+    )
+    try:
+        with tracer.start_as_current_span("http"):
+            edge = CallContext.new()
+            with edge.activate():
+                run = await orch.submit("trace me")
+        info = await orch.get(run.id)
+        assert info["trace_id"] == edge.trace_id
+        await orch.wait(run.id, within=10)
+    finally:
+        await _close(orch, workers)
+
+
+def test_options_are_checked() -> None:
+    from microhive.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="unknown run options: colour"):
+        RunOptions.from_dict({"colour": "red"})
+    with pytest.raises(InvalidInput, match="timeout"):
+        RunOptions.from_dict({"timeout": -1})
