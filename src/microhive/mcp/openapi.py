@@ -49,6 +49,7 @@ from mcp.types import CallToolResult, TextContent
 
 from microhive.context import CallContext
 from microhive.errors import ConfigError, ServiceUnavailable
+from microhive.tracing import client_span
 
 if TYPE_CHECKING:
     from microhive.mcp.server import ToolService
@@ -388,23 +389,28 @@ class OpenApiTools:
         if remaining is not None:
             timeout = max(0.001, min(timeout, remaining))
         started = time.monotonic()
-        try:
-            response = await self._http().request(
-                op.method,
-                path,
-                params=query or None,
-                headers=headers,
-                json=body if (op.body_fields or op.body_argument) else None,
-                timeout=timeout,
-            )
-        except httpx.TimeoutException:
-            raise ToolError(
-                f"{op.method} {op.path} timed out after {time.monotonic() - started:.1f}s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ToolError(
-                f"{op.method} {op.path}: cannot reach {self.base_url}: {exc or type(exc).__name__}"
-            ) from None
+        # A client span: the upstream's server span (if it traces) becomes its child.
+        # Its URL is the path template: argument values are content, not span data.
+        with client_span(op.method, self.base_url + op.path, headers=headers) as span:
+            try:
+                response = await self._http().request(
+                    op.method,
+                    path,
+                    params=query or None,
+                    headers=headers,
+                    json=body if (op.body_fields or op.body_argument) else None,
+                    timeout=timeout,
+                )
+            except httpx.TimeoutException:
+                raise ToolError(
+                    f"{op.method} {op.path} timed out after {time.monotonic() - started:.1f}s"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise ToolError(
+                    f"{op.method} {op.path}: cannot reach {self.base_url}: "
+                    f"{exc or type(exc).__name__}"
+                ) from None
+            span.http_status(response.status_code)
         return _result(op, response)
 
     def add_to(self, svc: ToolService) -> None:

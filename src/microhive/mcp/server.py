@@ -31,6 +31,11 @@ needs on top:
   :class:`~microhive.context.CallContext`, refuses the call if its hops, deadline
   or budget have run out, and activates it, so the tool (sync or async) sees the
   trace, hops and deadline through ``CallContext.current()``;
+* **tracing**: every ``tools/call`` is a ``tools/call {tool}`` server span whose
+  parent is the caller's span from ``params._meta`` (the MCP conventions); a call
+  refused for hops, deadline or budget is recorded on it as a stop event, a tool
+  error as ERROR status; arguments and results only with ``capture_content``.
+  With :attr:`ToolService.call_metrics` set, each call's latency goes to ``/metrics``;
 * **clear tool errors**: an exception raised by a tool becomes an MCP tool error
   (``isError``) whose text names the error (``ZeroDivisionError: division by
   zero``, ``not_found: no file 'x'``), and the server keeps serving. Messages
@@ -58,13 +63,15 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
 
-from microhive.context import CallContext
-from microhive.errors import MicrohiveError, UsageError
+from microhive.errors import UsageError
+from microhive.mcp._toolcall import error_text as _error_text
+from microhive.mcp._toolcall import traced_call, traced_request, without_sdk_spans
 from microhive.mcp.security import McpGuard
+from microhive.tracing import CallMetrics
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -134,13 +141,6 @@ def _split_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
                 continue
         kept.append(line)
     return "\n".join(kept).strip(), args
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, MicrohiveError):
-        return f"{exc.code}: {exc.message}"
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _guard(fn: F) -> F:
@@ -215,26 +215,6 @@ def _validator(schema: Mapping[str, Any]) -> Any:
     return Draft202012Validator(schema)
 
 
-async def _call_context_middleware(
-    ctx: ServerRequestContext[Any, Any], call_next: CallNext
-) -> HandlerResult:
-    """Decode, check and activate the call context of every ``tools/call``."""
-    if ctx.method != "tools/call":
-        return await call_next(ctx)
-    try:
-        call_ctx = CallContext.from_meta(dict(ctx.meta or {}))
-        call_ctx.check()
-    except MicrohiveError as exc:
-        name = (ctx.params or {}).get("name", "?")
-        log.info("tool call %s refused: %s", name, _error_text(exc))
-        return CallToolResult(
-            content=[TextContent(type="text", text=f"tool call refused: {_error_text(exc)}")],
-            is_error=True,
-        )
-    with call_ctx.activate():
-        return await call_next(ctx)
-
-
 @dataclass
 class _Entry:
     name: str
@@ -268,6 +248,8 @@ class ToolService:
         self._entries: dict[str, _Entry] = {}
         self._server: MCPServer[Any] | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        #: Where ``tools/call`` latencies go (the mesh service sets its ``/metrics`` registry's).
+        self.call_metrics: CallMetrics | None = None
 
     # ------------------------------------------------------------ adding tools
 
@@ -431,6 +413,14 @@ class ToolService:
             raise UsageError(f"tool service {self.name}: tool {entry.name!r} is defined twice")
         self._entries[entry.name] = entry
 
+    async def _call_context_middleware(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """Every ``tools/call``: its call context checked and activated, a span, metrics."""
+        if ctx.method != "tools/call":
+            return await traced_request(ctx, call_next)
+        return await traced_call(ctx, call_next, self.call_metrics)
+
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` when the service shuts down (e.g. close an HTTP pool)."""
         self._closers.append(closer)
@@ -450,9 +440,10 @@ class ToolService:
                 description=self.description,
                 instructions=self.instructions,
                 tools=[entry.build() for entry in self._entries.values()],
-                middleware=[_call_context_middleware],
+                middleware=[self._call_context_middleware],
                 warn_on_duplicate_tools=False,
             )
+            without_sdk_spans(self._server.middleware)
         return self._server
 
     def asgi_app(

@@ -81,10 +81,16 @@ def mesh_service(svc: ToolService, ctx: ServiceContext) -> Service:
 
     The service runtime adds bearer auth (when the mesh sets a token), body limits
     and logs; the MCP route adds the Origin check (``security.allowed_origins``).
+    ``/metrics`` gets ``tools/call`` latencies by tool and outcome; each call is
+    a ``tools/call`` span in the caller's trace (from ``params._meta``), with no
+    separate HTTP span unless the request carried a ``traceparent`` header.
     """
     from microhive.service import Service
+    from microhive.tracing import register_call_metrics
 
     service = Service(ctx)
+    svc.call_metrics = register_call_metrics(service.registry)
+    service.add_protocol_path("/mcp")
     app = svc.asgi_app(
         allowed_origins=ctx.mesh.security.allowed_origins,
         max_body_bytes=ctx.spec.max_body_bytes,

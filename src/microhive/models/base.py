@@ -3,7 +3,10 @@
 :meth:`ModelProvider.chat` is the public entry point and does what every
 provider needs the same way: validate the messages and tools, refuse work whose
 deadline has passed or whose token budget is spent, bound the call by the
-deadline, and record an OpenTelemetry span (``chat <model>``) with the usage.
+deadline, and record an OpenTelemetry span (``chat <model>``, the GenAI
+conventions of :func:`microhive.tracing.chat_span`) with the usage -- prompts and
+output only when the mesh opts in to ``tracing.capture_content`` -- and, when the
+owning service set :attr:`ModelProvider.call_metrics`, the call's latency.
 A provider only implements :meth:`ModelProvider._chat` (one call, converting its
 SDK's exceptions to ours) and, when it owns connections, :meth:`aclose`.
 
@@ -14,26 +17,49 @@ immutable, so the caller does ``ctx = result.charge(ctx)`` after each call.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
+from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import anyio
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from microhive.context import CallContext
-from microhive.errors import BudgetExhausted, DeadlineExceeded, InvalidInput
+from microhive.errors import BudgetExhausted, DeadlineExceeded, InvalidInput, MicrohiveError
 from microhive.models.types import (
     ChatRequest,
     ChatResult,
     Message,
+    SystemMessage,
     ToolSpec,
+    message_to_dict,
     validate_messages,
 )
+from microhive.tracing import CallMetrics, chat_span
 
-__all__ = ["ModelProvider"]
+__all__ = ["ModelProvider", "join_trace"]
 
-_tracer = trace.get_tracer("microhive.models")
+
+def join_trace(ctx: CallContext) -> Token[Context] | None:
+    """Attach ``ctx``'s trace as the current OTel context when the current span is not in it.
+
+    Returns the token to detach, or ``None`` when the current span already belongs
+    to ``ctx``'s trace (the usual case: the caller's span is current and more
+    precise than the hop's remote parent). A call handed a context from
+    elsewhere -- no span current, or another trace's -- is thus recorded in the
+    context's trace, never as a root of its own.
+    """
+    traceparent = ctx.trace.get("traceparent")
+    if traceparent is None:
+        return None
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and traceparent[3:35] == format(current.trace_id, "032x"):
+        return None
+    return otel_context.attach(ctx.otel_context())
 
 
 class ModelProvider(abc.ABC):
@@ -43,6 +69,8 @@ class ModelProvider(abc.ABC):
     provider: ClassVar[str] = ""
     #: True for providers that are not a real language model (offline, scripted).
     offline: ClassVar[bool] = False
+    #: Where the owning service's ``/metrics`` records model-call latency (``None``: nowhere).
+    call_metrics: CallMetrics | None = None
 
     def __init__(
         self,
@@ -97,25 +125,56 @@ class ModelProvider(abc.ABC):
             timeout=remaining,
             context=ctx,
         )
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": self.provider,
-            "gen_ai.request.model": request.model,
-            "microhive.model.offline": self.offline,
-            "microhive.model.tools": len(specs),
-        }
-        with _tracer.start_as_current_span(
-            f"chat {request.model}", context=ctx.otel_context(), attributes=attrs
+        token = join_trace(ctx)
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._traced_chat(request, remaining)
+        except BaseException as exc:
+            outcome = exc.code if isinstance(exc, MicrohiveError) else "error"
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+            if self.call_metrics is not None:
+                self.call_metrics.model_calls.labels(self.provider, request.model, outcome).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _traced_chat(self, request: ChatRequest, remaining: float | None) -> ChatResult:
+        # Content is built only when it will be recorded: no per-call JSON otherwise.
+        capture = bool(getattr(trace.get_tracer_provider(), "capture_content", False))
+        inputs: list[dict[str, Any]] | None = None
+        system: str | None = None
+        if capture:
+            inputs = [
+                message_to_dict(m) for m in request.messages if not isinstance(m, SystemMessage)
+            ]
+            system = request.system or None
+        with chat_span(
+            self.provider,
+            request.model,
+            input_messages=inputs,
+            system_instructions=system,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            ctx=request.context,
         ) as span:
+            if span.span.is_recording():
+                span.set("microhive.model.offline", self.offline)
+                span.set("microhive.model.tools", len(request.tools))
             with anyio.move_on_after(remaining if remaining is not None else float("inf")) as scope:
                 result = await self._chat(request)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(
                     f"deadline reached while waiting for {self.provider} model {request.model!r}"
                 )
-            span.set_attribute("gen_ai.usage.input_tokens", result.usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", result.usage.output_tokens)
-            span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+            span.usage(
+                input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens
+            )
+            span.response(model=result.model or None, finish_reasons=[result.finish_reason])
+            if span.capture_content:
+                span.output_messages([message_to_dict(result.message())])
         return result
 
     @abc.abstractmethod

@@ -95,6 +95,7 @@ class Service:
         self._routes: list[BaseRoute] = []
         self._lifespan_apps: list[ASGIApp] = []
         self._middleware: list[Middleware] = []
+        self._protocol_paths: list[str] = []
         self._checks: list[_Check] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
@@ -158,6 +159,16 @@ class Service:
         """Add an ASGI middleware inside the standard chain (after auth, limits, context)."""
         self._mutable()
         self._middleware.append(Middleware(middleware, **options))
+
+    def add_protocol_path(self, prefix: str) -> None:
+        """Requests under ``prefix`` speak a protocol that has its own server span (MCP).
+
+        They get an HTTP server span only when the caller sent a ``traceparent``
+        header; otherwise the protocol's span (``tools/call``, parented from
+        ``params._meta``) is the only one, instead of an orphan trace per request.
+        """
+        self._mutable()
+        self._protocol_paths.append(prefix)
 
     def add_ready_check(self, name: str, check: ReadyCheck, *, timeout: float = 5.0) -> None:
         """``/readyz`` answers 200 only while every check passes; each is reported by name."""
@@ -249,7 +260,10 @@ class Service:
         chain += [
             Middleware(BodyLimitMiddleware, max_body_bytes=self.max_body_bytes),
             Middleware(
-                CallContextMiddleware, service=self.name, tracer_provider=self.tracer_provider
+                CallContextMiddleware,
+                service=self.name,
+                tracer_provider=self.tracer_provider,
+                protocol_paths=self._protocol_paths,
             ),
             *self._middleware,
         ]

@@ -28,14 +28,15 @@ from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microhive.context import CallContext
-from microhive.errors import Cancelled, InvalidContext, MicrohiveError, PayloadTooLarge
+from microhive.errors import Cancelled, InvalidContext, MicrohiveError, PayloadTooLarge, Stop
 from microhive.service._errors import error_response, json_error, status_for
 from microhive.service._metrics import ServiceMetrics
+from microhive.tracing import context_attributes, record_error
 
 __all__ = [
     "PROBE_PATHS",
@@ -298,6 +299,15 @@ class CallContextMiddleware:
     the header), activated (so ``CallContext.current()`` and every log line in
     the handler see it), and checked inside the span: a request out of hops
     (508), time (504) or budget (429) is refused and recorded on the trace.
+
+    The span follows the HTTP server conventions of :func:`microhive.tracing.server_span`:
+    ``{METHOD} {route}``, ``http.request.method``, ``http.route``,
+    ``http.response.status_code``, the call context's hops, deadline and budget,
+    and ``error.type`` (our error code) on failure; a stop becomes its span event.
+    Requests under a ``protocol_paths`` prefix (MCP endpoints) get no HTTP span
+    unless the caller sent a ``traceparent``: the protocol's own server span,
+    parented from the message (``params._meta``), stands for them instead of an
+    orphan trace per request.
     """
 
     def __init__(
@@ -307,10 +317,12 @@ class CallContextMiddleware:
         service: str,
         exempt: Iterable[str] = SERVICE_PATHS,
         tracer_provider: trace.TracerProvider | None = None,
+        protocol_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.service = service
         self.exempt = frozenset(exempt)
+        self.protocol_paths = tuple(protocol_paths)
         # Without a provider this is OpenTelemetry's proxy: a no-op until one is set globally.
         self.tracer = trace.get_tracer("microhive.service", tracer_provider=tracer_provider)
         self.log = logging.getLogger(f"microhive.service.{service}")
@@ -330,11 +342,18 @@ class CallContextMiddleware:
             await error_response(exc)(scope, receive, send)
             return
         method = scope["method"]
+        if (
+            self.protocol_paths
+            and "traceparent" not in headers
+            and scope["path"].startswith(self.protocol_paths)
+        ):
+            with ctx.activate():
+                await self._handle(ctx, INVALID_SPAN, scope, receive, send)
+            return
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.path": scope["path"],
-            "microhive.service": self.service,
-            "microhive.hops": ctx.hops,
+            **context_attributes(ctx),
         }
         with (
             ctx.activate(),
@@ -365,8 +384,10 @@ class CallContextMiddleware:
                 started = True
                 status = message["status"]
                 span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+                if status >= 500 and scope.get(ERROR_KEY) is None:
+                    # a handler's own 5xx answer (errors we map are recorded below)
+                    span.set_attribute("error.type", str(status))
+                    span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             await send(message)
 
         try:
@@ -376,8 +397,11 @@ class CallContextMiddleware:
             status = status_for(exc)
             scope[ERROR_KEY] = exc.code
             span.set_attribute("microhive.error", exc.code)
-            if status >= 500:
-                span.record_exception(exc)
+            if status >= 500 or isinstance(exc, Stop):
+                # a server fault, or a stop (hops, deadline, budget): its event + ERROR
+                record_error(exc, span=span)
+            else:
+                span.set_attribute("error.type", exc.code)  # the caller's mistake, not ours
             level = logging.WARNING if status >= 500 else logging.INFO
             self.log.log(
                 level,
@@ -395,6 +419,8 @@ class CallContextMiddleware:
             # The server cut the request off (grace period over): say so, then let it end.
             scope[ERROR_KEY] = Cancelled.code
             span.set_attribute("microhive.error", Cancelled.code)
+            span.set_attribute("error.type", Cancelled.code)
+            span.set_status(Status(StatusCode.ERROR, "cut off by shut-down"))
             self.log.warning("%s %s cut off by shut-down", scope["method"], scope["path"])
             if not started:
                 gone = Cancelled(f"service {self.service!r} shut down before the request finished")
@@ -404,8 +430,7 @@ class CallContextMiddleware:
             raise
         except Exception as exc:
             scope[ERROR_KEY] = "internal"
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            record_error(exc, span=span)
             self.log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if not started:
                 message = f"internal error in service {self.service!r}"

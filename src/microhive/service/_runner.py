@@ -36,6 +36,7 @@ from microhive.errors import ConfigError, MicrohiveError
 from microhive.service._app import Service
 from microhive.service._context import DEFAULT_HOST, ServiceContext
 from microhive.service._logging import configure_logging
+from microhive.tracing import TracingHandle, setup_tracing
 
 __all__ = [
     "EXIT_CONFIG",
@@ -162,20 +163,42 @@ def serve_service(
         log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
         return EXIT_CONFIG
     try:
-        service = build_service(factory, ctx)
-    except ConfigError as exc:
+        tracing = _start_tracing(ctx)
+    except MicrohiveError as exc:
         log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
         return EXIT_CONFIG
-    except Exception:
-        log.exception("the factory of service %r failed", name)
-        return EXIT_FAILURE
-    return run_app(
-        service,
-        host=ctx.host,
-        port=ctx.port or 0,
-        grace_period=ctx.spec.grace_period,
-        port_file=ctx.port_file,
-    )
+    try:
+        try:
+            service = build_service(factory, ctx)
+        except ConfigError as exc:
+            log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
+            return EXIT_CONFIG
+        except Exception:
+            log.exception("the factory of service %r failed", name)
+            return EXIT_FAILURE
+        return run_app(
+            service,
+            host=ctx.host,
+            port=ctx.port or 0,
+            grace_period=ctx.spec.grace_period,
+            port_file=ctx.port_file,
+        )
+    finally:
+        # Flushes what is still queued, so the last requests' spans reach the store.
+        tracing.close()
+
+
+def _start_tracing(ctx: ServiceContext) -> TracingHandle:
+    """This process's tracer provider, installed as the global one before the factory runs.
+
+    Everything the service does -- the server span of each request, model and tool
+    calls, the factory's own start-up work -- then goes to the mesh's trace store
+    (``stores.traces``, relative to the mesh file's folder) and to OTLP if set.
+    """
+    base_dir = ctx.config_path.parent if ctx.config_path is not None else None
+    handle = setup_tracing(ctx.name, ctx.replica, ctx.mesh, base_dir=base_dir)
+    handle.install()
+    return handle
 
 
 def run_app(
