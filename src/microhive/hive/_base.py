@@ -10,21 +10,34 @@ whose readiness is "the bus answers".
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
 
 from microhive.bus import Bus, Delivery, Subscription, bus_from_spec
-from microhive.errors import InvalidInput
+from microhive.errors import InvalidInput, ServiceUnavailable
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
     from microhive.service import Service, ServiceContext
 
-__all__ = ["MAX_TEXT_BYTES", "HiveRunner", "Reactor", "event_text", "hive_service"]
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "FileSource",
+    "HiveRunner",
+    "Reactor",
+    "event_file",
+    "event_text",
+    "file_source",
+    "hive_service",
+]
 
 #: Text larger than this is not read from disk for a file event.
 MAX_TEXT_BYTES = 5 * 1024 * 1024
@@ -128,21 +141,43 @@ def _slug(subject: str) -> str:
     return subject.replace(".", "_").replace("*", "any").replace(">", "all")
 
 
+def event_file(payload: object) -> tuple[str, str | None, int | None, str | None]:
+    """(path, workspace, version, text) of a file event.
+
+    Two shapes are read: the workspace's own events
+    (``{"id", "type", "data": {"workspace", "path", "version", ...}}``) and a bare
+    ``{"path": ..., "text": ...}`` (what a test or another producer publishes).
+    """
+    if not isinstance(payload, Mapping):
+        raise InvalidInput("file event: expected a JSON object with 'path'")
+    data = payload.get("data")
+    source: Mapping[str, Any] = data if isinstance(data, Mapping) else payload
+    path = source.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise InvalidInput("file event: 'path' must be a non-empty string")
+    if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+        raise InvalidInput(f"file event: path {path!r} is outside the workspace")
+    workspace = source.get("workspace")
+    version = source.get("version")
+    text = payload.get("text", source.get("text"))
+    if text is not None and not isinstance(text, str):
+        raise InvalidInput("file event: 'text' must be a string")
+    return (
+        path,
+        workspace if isinstance(workspace, str) else None,
+        version if isinstance(version, int) and not isinstance(version, bool) else None,
+        text,
+    )
+
+
 def event_text(payload: object, root: Path) -> tuple[str, str]:
     """The (path, text) of a file event: its ``text``, else the file read under ``root``.
 
     The path must stay inside ``root`` (no ``..``, no absolute paths, no symlink
     escapes); anything else is :class:`InvalidInput`, which dead-letters the event.
     """
-    if not isinstance(payload, Mapping):
-        raise InvalidInput("file event: expected a JSON object with 'path'")
-    path = payload.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise InvalidInput("file event: 'path' must be a non-empty string")
-    text = payload.get("text")
+    path, _, _, text = event_file(payload)
     if text is not None:
-        if not isinstance(text, str):
-            raise InvalidInput("file event: 'text' must be a string")
         return path, text
     base = root.resolve()
     target = (base / path).resolve()
@@ -155,6 +190,69 @@ def event_text(payload: object, root: Path) -> tuple[str, str]:
         return path, target.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise InvalidInput(f"file event: {path!r} does not exist under {base}") from None
+
+
+class FileSource:
+    """Where a hive service reads the content of a file event from.
+
+    The event's own ``text`` wins. A workspace event (``data.workspace``) is read
+    from the workspace service over REST, at the version the event names, when
+    ``workspace_url`` is set; anything else from the folder ``root``. Content
+    that is not text (a PDF, an image) reads as ``""``.
+    """
+
+    def __init__(
+        self, root: Path, workspace_url: str | None = None, token: str | None = None
+    ) -> None:
+        self.root = root
+        self.workspace_url = workspace_url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http: httpx.AsyncClient | None = None
+
+    async def read(self, payload: object) -> tuple[str, str]:
+        path, workspace, version, text = event_file(payload)
+        if text is not None:
+            return path, text
+        if workspace is None or self.workspace_url is None:
+            return await asyncio.to_thread(event_text, payload, self.root)
+        if self._http is None:
+            self._http = httpx.AsyncClient(headers=self._headers, timeout=30)
+        url = f"{self.workspace_url}/v1/ws/{quote(workspace)}/files/{quote(path)}"
+        try:
+            response = await self._http.get(url, params={"version": version} if version else None)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(f"cannot read {path!r} from the workspace: {exc}") from exc
+        if response.status_code == 404:
+            raise InvalidInput(f"file event: {path!r} (version {version}) no longer exists")
+        if response.status_code != 200:
+            raise ServiceUnavailable(
+                f"the workspace answered {response.status_code} for {path!r}; will retry"
+            )
+        kind = response.headers.get("content-type", "")
+        if not (kind.startswith("text/") or "json" in kind or "xml" in kind):
+            return path, ""
+        if len(response.content) > MAX_TEXT_BYTES:
+            raise InvalidInput(f"file event: {path!r} is larger than {MAX_TEXT_BYTES} bytes")
+        return path, response.content.decode("utf-8", errors="replace")
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+def file_source(ctx: ServiceContext) -> FileSource:
+    """The mesh's workspace service (if any, and no ``settings.root``) or its folder."""
+    root = workspace_root(ctx)
+    if ctx.spec.settings.get("root"):
+        return FileSource(root)
+    for spec in ctx.mesh.services.values():
+        if spec.kind == "workspace" and spec.port is not None:
+            host = spec.host or ctx.mesh.host
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1"
+            return FileSource(root, f"http://{host}:{spec.port}", ctx.token)
+    return FileSource(root)
 
 
 def workspace_root(ctx: ServiceContext) -> Path:

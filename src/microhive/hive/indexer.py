@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from microhive.bus import Bus, Delivery
 from microhive.errors import InvalidInput
-from microhive.hive._base import Reactor, event_text, hive_service, workspace_root
+from microhive.hive._base import FileSource, Reactor, file_source, hive_service
 
 if TYPE_CHECKING:
     from microhive.service import Service, ServiceContext
@@ -38,10 +38,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(path UNINDEXED, text);
 class Indexer(Reactor):
     subjects = ("file.created", "file.updated")
 
-    def __init__(self, db_path: Path, root: Path) -> None:
+    def __init__(self, db_path: Path, files: Path | FileSource) -> None:
         super().__init__()
         self.db_path = db_path
-        self.root = root
+        self.files = files if isinstance(files, FileSource) else FileSource(files)
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -55,6 +55,7 @@ class Indexer(Reactor):
         self._db = db
 
     async def aclose(self) -> None:
+        await self.files.aclose()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -78,7 +79,7 @@ class Indexer(Reactor):
         return words
 
     async def react(self, msg: Delivery) -> dict[str, Any]:
-        path, text = await asyncio.to_thread(event_text, msg.json(), self.root)
+        path, text = await self.files.read(msg.json())
         async with self._lock:  # one writer per connection
             words = await asyncio.to_thread(self._store, path, text, msg.msg_id)
         await self.bus.publish(
@@ -111,7 +112,7 @@ def create_service(ctx: ServiceContext) -> Service:
     """Mesh kind ``hive-indexer``; ``GET /search?q=...`` queries the index."""
     from starlette.requests import Request
 
-    indexer = Indexer(ctx.state_dir / "hive" / "index.db", workspace_root(ctx))
+    indexer = Indexer(ctx.state_dir / "hive" / "index.db", file_source(ctx))
     service = hive_service(ctx, indexer)
 
     async def search(request: Request) -> dict[str, Any]:

@@ -10,12 +10,11 @@ redelivery.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microhive.bus import Bus, Delivery
-from microhive.errors import InvalidInput
-from microhive.hive._base import Reactor, hive_service
+from microhive.hive._base import Reactor, event_file, hive_service
 
 if TYPE_CHECKING:
     from microhive.netpolicy import AddressPolicy
@@ -49,12 +48,7 @@ class HiveNotifier(Reactor):
 
     async def react(self, msg: Delivery) -> dict[str, Any]:
         assert self._notifier is not None
-        payload = msg.json()
-        path = payload.get("path") if isinstance(payload, dict) else None
-        if not isinstance(path, str) or not path:
-            raise InvalidInput("file event: 'path' must be a non-empty string")
-        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-            raise InvalidInput(f"file event: path {path!r} is outside the workspace")
+        path = event_file(msg.json())[0]
         receipt = await self._notifier.send(
             f"New file: {path}",
             title=msg.subject,

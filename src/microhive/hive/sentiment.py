@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microhive.bus import Delivery
-from microhive.hive._base import Reactor, event_text, hive_service, workspace_root
+from microhive.hive._base import FileSource, Reactor, file_source, hive_service
 
 if TYPE_CHECKING:
     from microhive.service import Service, ServiceContext
@@ -24,14 +24,17 @@ __all__ = ["SentimentAnalyser", "create_service"]
 class SentimentAnalyser(Reactor):
     subjects = ("file.created",)
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, files: Path | FileSource) -> None:
         super().__init__()
-        self.root = root
+        self.files = files if isinstance(files, FileSource) else FileSource(files)
+
+    async def aclose(self) -> None:
+        await self.files.aclose()
 
     async def react(self, msg: Delivery) -> dict[str, Any]:
         from microhive.tools.sentiment import analyze
 
-        path, text = await asyncio.to_thread(event_text, msg.json(), self.root)
+        path, text = await self.files.read(msg.json())
         result = await asyncio.to_thread(analyze, text)
         summary = {"path": path, "label": result.label, "score": result.score}
         await self.bus.publish(
@@ -45,4 +48,4 @@ class SentimentAnalyser(Reactor):
 
 def create_service(ctx: ServiceContext) -> Service:
     """Mesh kind ``hive-sentiment``."""
-    return hive_service(ctx, SentimentAnalyser(workspace_root(ctx)))
+    return hive_service(ctx, SentimentAnalyser(file_source(ctx)))

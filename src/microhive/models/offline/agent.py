@@ -137,7 +137,12 @@ def _find_tool(tools: Sequence[ToolSpec], kind: str) -> ToolSpec | None:
     """The tool for a kind of step, preferring the workspace's own tools."""
 
     def leaf(t: ToolSpec) -> str:
-        return t.name.rsplit(".", 1)[-1].lower()
+        # "workspace.read" directly, "workspace_read" through the gateway -> "read"
+        name = t.name.lower()
+        for sep in (".", "_"):
+            if sep in name:
+                return name.split(sep, 1)[1]
+        return name
 
     def ok(t: ToolSpec) -> bool:
         name, last = t.name.lower(), leaf(t)
