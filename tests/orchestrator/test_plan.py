@@ -91,3 +91,8 @@ def test_other_refusals() -> None:
     assert "malformed" in _refused([{"id": "a", "role": "writer", "instruction": "x", "extra": 1}])
     many = [{"id": f"t{i}", "role": "writer", "instruction": "x"} for i in range(5)]
     assert "at most 4" in _refused(many, max_tasks=4)
+
+
+def test_context_beside_the_tasks_is_ignored() -> None:
+    plan = parse_plan({**SEED, "goal": "a brief", "offline": True}, roles=ROLES)
+    assert len(plan.tasks) == 4

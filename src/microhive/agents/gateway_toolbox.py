@@ -37,7 +37,6 @@ class GatewayToolbox:
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
         self._client: Client | None = None
-        self._tools: list[ToolSpec] | None = None
 
     async def start(self) -> None:
         http = await self._stack.enter_async_context(
@@ -61,13 +60,11 @@ class GatewayToolbox:
         return self._client
 
     async def list_tools(self) -> list[ToolSpec]:
-        if self._tools is None:
-            listed = await self._session().list_tools()
-            self._tools = [
-                ToolSpec(t.name, t.description or "", dict(t.input_schema or {}))
-                for t in listed.tools
-            ]
-        return list(self._tools)
+        """The role's tools now (asked once per sub-task: the gateway's list changes)."""
+        listed = await self._session().list_tools()
+        return [
+            ToolSpec(t.name, t.description or "", dict(t.input_schema or {})) for t in listed.tools
+        ]
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], *, context: CallContext

@@ -113,6 +113,7 @@ def follow_run(client: httpx.Client, run_id: str, goal: str, *, as_json: bool) -
                 elif kind == "plan.refused":
                     notes.append(f"plan refused: {event.get('reason')}")
                 live.update(_table(goal, tasks, notes))
+        err.print()
     response = client.get(f"/runs/{run_id}")
     response.raise_for_status()
     run: dict[str, Any] = response.json()

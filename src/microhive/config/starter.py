@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from microhive.config.default_mesh import DEFAULT_BASE_PORT, services_yaml
+
 __all__ = ["STARTER_YAML"]
 
-STARTER_YAML = """\
+_HEAD = """\
 # microhive.yaml -- one agent, run as a mesh of small services.
 #
 # Every key below is optional unless marked; unknown keys are refused (a typo is
@@ -52,15 +54,24 @@ models:
 
 # Agent roles: which model each uses and which tools (globs over namespace.tool)
 # it may see and call through the gateway.
+#   description: what the role does (the planner is told)
+#   token_env:   variable holding the role's gateway token; once any role has one,
+#                the gateway refuses callers without a token
 roles:
   planner:
     model: default
   researcher:
     model: default
+    description: searches the workspace and extracts material; saves findings
     tools: ["workspace.*", "pdf.*", "web.*", "calculator.*"]
     max_steps: 8
+  summarizer:
+    model: default
+    description: condenses what was found into key points
+    tools: ["workspace.*"]
   writer:
     model: default
+    description: reads the findings and writes the report
     tools: ["workspace.*"]
 
 # Security defaults are safe: loopback binds, outbound URLs to private or
@@ -79,5 +90,7 @@ security:
 #   ready_path:  answers 200 when ready (null: the process being up is enough)
 #   depends_on:  services started (and ready) first
 #   grace_period: seconds in-flight work may take to finish on shutdown
-services: {}
+#   settings:    what the kind needs (see docs/); e.g. a worker's role
 """
+
+STARTER_YAML = _HEAD + services_yaml(DEFAULT_BASE_PORT)

@@ -56,7 +56,9 @@ class PlannedTask(BaseModel):
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Planners may add context beside the tasks (the goal, an "offline" label):
+    # kept out of the way, while every task is checked strictly.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     tasks: tuple[PlannedTask, ...]
 
