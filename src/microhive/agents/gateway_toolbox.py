@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx2
@@ -37,11 +38,13 @@ class GatewayToolbox:
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
         self._client: Client | None = None
+        self._http: httpx2.AsyncClient | None = None
 
     async def start(self) -> None:
         http = await self._stack.enter_async_context(
             httpx2.AsyncClient(headers=self._headers, timeout=self._timeout)
         )
+        self._http = http
         try:
             self._client = await self._stack.enter_async_context(
                 Client(streamable_http_client(self.url, http_client=http))
@@ -52,6 +55,7 @@ class GatewayToolbox:
 
     async def aclose(self) -> None:
         self._client = None
+        self._http = None
         await self._stack.aclose()
 
     def _session(self) -> Client:
@@ -65,6 +69,22 @@ class GatewayToolbox:
         return [
             ToolSpec(t.name, t.description or "", dict(t.input_schema or {})) for t in listed.tools
         ]
+
+    async def select(self, task: str, tools: Sequence[ToolSpec], k: int) -> list[ToolSpec]:
+        """The ``k`` of ``tools`` that fit ``task`` best, by the gateway's tool retrieval."""
+        if self._http is None:
+            raise ServiceUnavailable("the gateway toolbox is not started")
+        base = self.url.rsplit("/mcp", 1)[0]
+        try:
+            response = await self._http.post(
+                f"{base}/tools/search", json={"task": task, "k": k, "mode": "fused"}
+            )
+            response.raise_for_status()
+            ranked = [str(t["tool"]["name"]) for t in response.json()["tools"]]
+        except (httpx2.HTTPError, KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"gateway tool search failed: {exc}") from exc
+        by_name = {t.name: t for t in tools}
+        return [by_name[name] for name in ranked if name in by_name][:k]
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], *, context: CallContext

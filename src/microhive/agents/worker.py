@@ -216,6 +216,8 @@ class Worker:
             context=ctx,
             max_steps=self.max_steps,
             top_k=self.top_k,
+            # a toolbox that can rank its tools (the gateway's tool retrieval) picks the top k
+            select_tools=getattr(toolbox, "select", None),
             task_text=task.instruction,
             on_tool_call=on_tool,
             metrics=self.metrics,
