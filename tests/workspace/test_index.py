@@ -123,23 +123,3 @@ async def test_a_restart_resumes_pending_indexing(tmp_path: Path) -> None:
         assert await paths_for(again, "resumable", mode="keyword") == ["later.md"]
         # The vectors were reloaded from disk too.
         assert "later.md" in await paths_for(again, "resumable indexing", mode="vector")
-
-
-def test_the_vector_matrix_compacts_after_many_overwrites() -> None:
-    import numpy as np
-
-    from microhive.workspace.index import _Meta, _VectorMatrix
-
-    m = _VectorMatrix(8)
-    rng = np.random.default_rng(0)
-    next_id = 0
-    for _ in range(300):  # 300 overwrites of a 10-chunk file
-        ids = list(range(next_id, next_id + 10))
-        next_id += 10
-        vecs = rng.standard_normal((10, 8)).astype(np.float32)
-        m.remove([i - 10 for i in ids])
-        m.add(ids, vecs, [_Meta("w", "f.md", "text/plain")] * 10)
-    assert len(m.rows) == 10
-    assert m.size < 2100  # compacted, not 3000 rows of tombstones
-    best = m.top(vecs[3] / np.linalg.norm(vecs[3]), 1, lambda meta: True)
-    assert best == [next_id - 10 + 3]

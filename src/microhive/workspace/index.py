@@ -1,11 +1,10 @@
-"""The embedded search index: SQLite FTS5 for BM25, a numpy matrix for vectors.
+"""The embedded search index: SQLite FTS5 for BM25, an in-memory matrix for vectors.
 
 Chunks live in the ``chunks`` table (text + float32 vector blob); FTS5 keeps its
 inverted index in step through triggers. For vector search the live vectors are
-also held in one contiguous float32 matrix in memory: a brute-force
-matrix-vector product over 100k x 384 is a few milliseconds, and it needs no
-approximate structure to tune. The matrix grows by doubling and deletions only
-clear a row's "alive" bit, so indexing one file never rebuilds it.
+also held in memory by :class:`~microhive.workspace.vectors.VectorMatrix`
+(contiguous, pre-normalised, with an int8 copy for a fast first pass and an
+exact float32 re-score), so a query never reads the database for vectors.
 
 The :class:`Indexer` drains the durable queue (versions in state ``pending``),
 so a restart resumes exactly where the previous process stopped.
@@ -16,9 +15,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
@@ -29,9 +27,10 @@ from microhive.embeddings import Embedder
 from microhive.errors import InvalidInput
 from microhive.workspace.local import LocalStore, _row_to_info
 from microhive.workspace.model import FULL_ACCESS, FileInfo, Grant, SearchHit
-from microhive.workspace.paths import clean_folder, clean_workspace_name, in_folder
+from microhive.workspace.paths import clean_folder, clean_workspace_name
 from microhive.workspace.search import KEYWORD_WEIGHT, fts_query, highlight, query_terms, rrf
 from microhive.workspace.text import chunk_text, extract_text
+from microhive.workspace.vectors import VectorMatrix
 
 __all__ = ["Indexer", "LocalIndex", "SearchMode"]
 
@@ -41,98 +40,15 @@ _MODES = ("hybrid", "keyword", "vector")
 _CANDIDATES = 50
 
 
-@dataclass
-class _Meta:
-    ws: str
-    path: str
-    content_type: str
-
-
-class _VectorMatrix:
-    """Append-only float32 matrix with tombstones, keyed by chunk id."""
-
-    def __init__(self, dimension: int) -> None:
-        self.dim = dimension
-        self._reset()
-
-    def _reset(self) -> None:
-        dimension = self.dim
-        self.matrix = np.zeros((1024, dimension), dtype=np.float32)
-        self.alive = np.zeros(1024, dtype=bool)
-        self.ids = np.zeros(1024, dtype=np.int64)
-        self.meta: list[_Meta | None] = [None] * 1024
-        self.rows: dict[int, int] = {}
-        self.size = 0
-        self.dead = 0
-
-    def add(self, ids: Sequence[int], vectors: NDArray[np.float32], metas: list[_Meta]) -> None:
-        need = self.size + len(ids)
-        if need > len(self.alive):
-            cap = max(need, 2 * len(self.alive))
-            self.matrix = np.resize(self.matrix, (cap, self.dim))
-            self.alive = np.concatenate([self.alive, np.zeros(cap - len(self.alive), bool)])
-            self.ids = np.concatenate([self.ids, np.zeros(cap - len(self.ids), np.int64)])
-            self.meta.extend([None] * (cap - len(self.meta)))
-        s = self.size
-        self.matrix[s:need] = vectors
-        self.alive[s:need] = True
-        self.ids[s:need] = ids
-        for i, (cid, meta) in enumerate(zip(ids, metas, strict=True)):
-            self.meta[s + i] = meta
-            self.rows[cid] = s + i
-        self.size = need
-
-    def remove(self, ids: Sequence[int]) -> None:
-        for cid in ids:
-            row = self.rows.pop(cid, None)
-            if row is not None:
-                self.alive[row] = False
-                self.meta[row] = None
-                self.dead += 1
-        if self.dead > 1024 and self.dead * 4 > self.size:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Drop tombstoned rows (overwrites would otherwise grow the matrix forever)."""
-        keep = np.flatnonzero(self.alive[: self.size])
-        matrix, ids = self.matrix[keep], self.ids[keep]
-        metas = [m for m in (self.meta[i] for i in keep) if m is not None]
-        self._reset()
-        if len(keep):
-            self.add([int(i) for i in ids], matrix, metas)
-
-    def top(self, query: NDArray[np.float32], k: int, keep: Callable[[_Meta], bool]) -> list[int]:
-        """Ids of the ``k`` best live rows for which ``keep(meta)`` holds."""
-        n = self.size
-        if n == 0:
-            return []
-        scores = self.matrix[:n] @ query
-        if self.dead:
-            scores[~self.alive[:n]] = -np.inf
-        result: list[int] = []
-        want = min(n, max(4 * k, 64))
-        while True:
-            idx = np.argpartition(-scores, want - 1)[:want] if want < n else np.arange(n)
-            idx = idx[np.argsort(-scores[idx])]
-            result = []
-            for row in idx:
-                meta = self.meta[row]
-                if np.isfinite(scores[row]) and meta is not None and keep(meta):
-                    result.append(int(self.ids[row]))
-                    if len(result) == k:
-                        return result
-            if want >= n:
-                return result
-            want = min(n, want * 8)
-
-
 class LocalIndex:
     """Hybrid search over the chunks of one :class:`LocalStore`."""
 
-    def __init__(self, store: LocalStore, embedder: Embedder) -> None:
+    def __init__(
+        self, store: LocalStore, embedder: Embedder, *, vector_kernel: str | None = None
+    ) -> None:
         self.store = store
         self.embedder = embedder
-        self._vectors = _VectorMatrix(embedder.dimension)
+        self._vectors = VectorMatrix(embedder.dimension, kernel=vector_kernel)
         # BM25 runs on its own read connection in a helper thread while numpy
         # scores the vectors here: both release the GIL, so hybrid costs about
         # max(keyword, vector) rather than their sum. WAL lets it read alongside.
@@ -163,13 +79,13 @@ class LocalIndex:
                 db.execute("DELETE FROM chunks WHERE model != ?", (self.embedder.name,))
         ids: list[int] = []
         blobs: list[bytes] = []
-        metas: list[_Meta] = []
+        metas: list[tuple[str, str, str]] = []
         for cid, ws, path, ctype, vec in db.execute(
             "SELECT id, ws, path, content_type, vector FROM chunks ORDER BY id"
         ):
             ids.append(cid)
             blobs.append(vec)
-            metas.append(_Meta(ws, path, ctype))
+            metas.append((ws, path, ctype))
         if ids:
             matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), -1)
             self._vectors.add(ids, matrix, metas)
@@ -261,7 +177,7 @@ class LocalIndex:
             self.store.add_event("file.indexed", indexed)
         self._vectors.remove(removed)
         if added:
-            meta = _Meta(info.workspace, info.path, info.content_type)
+            meta = (info.workspace, info.path, info.content_type)
             self._vectors.add(added, vectors, [meta] * len(added))
         return True
 
@@ -301,15 +217,6 @@ class LocalIndex:
         if not 1 <= limit <= 100:
             raise InvalidInput("limit must be between 1 and 100")
         types = tuple(content_types or ())
-
-        def keep(meta: _Meta) -> bool:
-            return (
-                meta.ws == ws
-                and in_folder(meta.path, folder_)
-                and (not types or any(meta.content_type.startswith(t) for t in types))
-                and grant.allows(meta.path)
-            )
-
         self.forget_removed()
         depth = max(_CANDIDATES, limit)
         keyword: list[int] = []
@@ -320,7 +227,9 @@ class LocalIndex:
         try:
             if mode in ("hybrid", "vector"):
                 q = self.embedder.embed([query])[0] if query_vector is None else query_vector
-                vector = self._vectors.top(q, depth, keep)
+                vector = self._vectors.top(
+                    q, depth, ws=ws, folder=folder_, types=types, allowed=grant.folders
+                )
         finally:
             if pending is not None:
                 keyword = pending.result()
@@ -339,7 +248,9 @@ class LocalIndex:
         if folder:
             sql += " AND substr(c.path, 1, ?) = ?"
             args += [len(folder) + 1, folder + "/"]
-        sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
+        # ORDER BY rank (= bm25) lets FTS5 sort inside the virtual table instead of
+        # SQLite sorting the joined rows: same order, 2-3x faster at 100k chunks.
+        sql += " ORDER BY rank LIMIT ?"
         args.append(depth * 4 if (types or grant.folders) else depth)
         out: list[int] = []
         for cid, path, ctype in self._reader.execute(sql, args):

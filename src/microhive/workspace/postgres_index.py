@@ -22,6 +22,7 @@ from microhive.workspace.paths import clean_folder, clean_workspace_name
 from microhive.workspace.postgres_schema import COLS, row_info
 from microhive.workspace.search import KEYWORD_WEIGHT, highlight, query_terms, rrf
 from microhive.workspace.text import chunk_text, extract_text
+from microhive.workspace.vectors import best_rows
 
 __all__ = ["PgIndexMixin"]
 
@@ -163,8 +164,10 @@ class PgIndexMixin:
             q = query_vector
             if q is None:
                 q = (await anyio.to_thread.run_sync(self.embedder.embed, [query]))[0]
+            # Texts are not fetched here (only for the hits, below): a vector
+            # query reads every chunk of the workspace.
             sql = (
-                f"SELECT id, path, version, ordinal, content_type, text, vector FROM "
+                f"SELECT id, path, version, ordinal, content_type, NULL, vector FROM "
                 f"{{s}}.chunks WHERE {where}"
             )
             found = [
@@ -174,12 +177,23 @@ class PgIndexMixin:
             ]
             if found:
                 matrix = np.asarray([r[6] for r in found], dtype=np.float32)
-                order = np.argsort(-(matrix @ np.asarray(q, dtype=np.float32)))[:50]
-                for i in order:
+                ids = np.asarray([r[0] for r in found], dtype=np.int64)
+                scores = matrix @ np.asarray(q, dtype=np.float32)
+                for i in best_rows(
+                    scores, min(50, len(found)), ids
+                ):  # shared with the embedded scan
                     rows.setdefault(found[i][0], found[i])
                     vector.append(found[i][0])
         fused = rrf([keyword, vector], [KEYWORD_WEIGHT, 1.0])
         best = sorted(fused, key=lambda c: (-fused[c], c))[:limit]
+        missing = [c for c in best if rows[c][5] is None]
+        if missing:
+            texts = await self._pool.fetch(
+                self._sql("SELECT id, text FROM {s}.chunks WHERE id = ANY($1::bigint[])"), missing
+            )
+            for cid, text in texts:
+                rows[cid] = (*rows[cid][:5], text)
+            best = [c for c in best if rows[c][5] is not None]  # deleted meanwhile
         kr = {c: i + 1 for i, c in enumerate(keyword)}
         vr = {c: i + 1 for i, c in enumerate(vector)}
         return [
