@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from microhive import __version__
-from microhive.cli import demo, events, mesh, run, trace, webhooks, ws
+from microhive.cli import demo, events, mesh, run, tools, trace, webhooks, ws
 
 __all__ = ["app", "main"]
 
@@ -26,6 +26,7 @@ app.add_typer(mesh.app)  # init, up, status, down, logs, serve (top-level comman
 app.add_typer(run.app)  # run GOAL
 app.add_typer(demo.app)  # demo
 app.add_typer(trace.app)  # trace RUN_OR_TRACE_ID
+app.add_typer(tools.app)  # tools [register|attach|unregister|held|approve]
 app.add_typer(events.app, name="events", help="Tail, publish and replay bus events.")
 app.add_typer(ws.app, name="ws", help="Files in the shared workspace.")
 app.add_typer(webhooks.app, name="webhooks", help="Webhook subscriptions of the workspace.")
