@@ -17,58 +17,61 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from microhive.agents.loop import ToolOutcome
 from microhive.context import CallContext
-from microhive.errors import ServiceUnavailable, UpstreamError
+from microhive.errors import MicrohiveError, ServiceUnavailable, UpstreamError
+from microhive.mcp.gateway.upstream import UpstreamPool
+from microhive.mcp.registry import UpstreamSpec
 from microhive.models.types import ToolSpec
 
 __all__ = ["GatewayToolbox"]
 
 
 class GatewayToolbox:
-    """``await start()`` once, then ``list_tools`` / ``call_tool``; ``aclose()`` at the end."""
+    """``await start()`` once, then ``list_tools`` / ``call_tool``; ``aclose()`` at the end.
+
+    The session is the gateway's own :class:`UpstreamPool` pointed at the
+    gateway: one long-lived SDK client owned by a task, reconnecting after the
+    gateway restarts, with connection errors failing one call rather than the
+    session (mcp 2.3 ends a whole client session on one connection error).
+    """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0) -> None:
         self.url = url
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
-        self._client: Client | None = None
+        self._pool = UpstreamPool(
+            UpstreamSpec(namespace="gateway", url=url, source="settings"),
+            token=token,
+            listen=False,
+        )
         self._http: httpx2.AsyncClient | None = None
 
     async def start(self) -> None:
-        http = await self._stack.enter_async_context(
+        tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.push_async_callback(self._pool.aclose)
+        await self._pool.start(tg)
+        self._http = await self._stack.enter_async_context(
             httpx2.AsyncClient(headers=self._headers, timeout=self._timeout)
         )
-        self._http = http
-        try:
-            self._client = await self._stack.enter_async_context(
-                Client(streamable_http_client(self.url, http_client=http))
-            )
-        except Exception as exc:
-            await self._stack.aclose()
-            raise ServiceUnavailable(f"cannot reach the gateway at {self.url}: {exc}") from exc
 
     async def aclose(self) -> None:
-        self._client = None
         self._http = None
         await self._stack.aclose()
 
-    def _session(self) -> Client:
-        if self._client is None:
-            raise ServiceUnavailable("the gateway toolbox is not started")
-        return self._client
-
     async def list_tools(self) -> list[ToolSpec]:
         """The role's tools now (asked once per sub-task: the gateway's list changes)."""
-        listed = await self._session().list_tools()
-        return [
-            ToolSpec(t.name, t.description or "", dict(t.input_schema or {})) for t in listed.tools
-        ]
+        try:
+            listed = await self._pool.list_tools()
+        except MicrohiveError:
+            raise
+        except Exception as exc:  # the SDK's own errors, converted at the boundary
+            raise UpstreamError(f"cannot list the gateway's tools: {exc}") from exc
+        return [ToolSpec(t.name, t.description or "", dict(t.input_schema or {})) for t in listed]
 
     async def select(self, task: str, tools: Sequence[ToolSpec], k: int) -> list[ToolSpec]:
         """The ``k`` of ``tools`` that fit ``task`` best, by the gateway's tool retrieval."""
@@ -91,7 +94,9 @@ class GatewayToolbox:
     ) -> ToolOutcome:
         meta = context.next_hop().to_meta()
         try:
-            result = await self._session().call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
+            result = await self._pool.call(name, arguments, meta)
+        except MicrohiveError:
+            raise
         except Exception as exc:  # the SDK raises its own errors; convert at the boundary
             raise UpstreamError(f"gateway call {name!r} failed: {exc}") from exc
         texts = [getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text"]
