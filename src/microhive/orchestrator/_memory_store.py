@@ -68,6 +68,13 @@ class MemoryWorkflowStore(WorkflowStore):
         await self.get_run(run_id)
         return list(self._tasks[run_id].values())
 
+    async def get_task(self, run_id: str, task_id: str) -> TaskRecord:
+        await self.get_run(run_id)
+        try:
+            return self._tasks[run_id][task_id]
+        except KeyError:
+            raise NotFound(f"run {run_id} has no sub-task {task_id!r}") from None
+
     async def _write_task(self, task: TaskRecord, expected: TaskStatus | None) -> bool:
         current = self._tasks[task.run_id][task.id]
         if expected is not None and current.status != expected:

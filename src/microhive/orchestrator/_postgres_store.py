@@ -171,6 +171,18 @@ class PostgresWorkflowStore(WorkflowStore):
         )
         return [task_from_row(r) for r in rows]
 
+    async def get_task(self, run_id: str, task_id: str) -> TaskRecord:
+        pool = await self._pool_ready()
+        row = await pool.fetchrow(
+            f"SELECT {', '.join(_TASK_COLS)} FROM {self._p}tasks WHERE run_id = $1 AND id = $2",
+            run_id,
+            task_id,
+        )
+        if row is None:
+            await self.get_run(run_id)
+            raise NotFound(f"run {run_id} has no sub-task {task_id!r}")
+        return task_from_row(row)
+
     async def _write_task(self, task: TaskRecord, expected: TaskStatus | None) -> bool:
         row = task_to_row(task)
         cols = [c for c in _TASK_COLS if c not in ("run_id", "id")]

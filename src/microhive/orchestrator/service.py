@@ -24,7 +24,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from microhive.bus import bus_from_spec
+from microhive.bus import bus_from_spec, register_bus_metrics
 from microhive.errors import InvalidInput
 from microhive.models import open_model
 from microhive.orchestrator.engine import Orchestrator, RunOptions
@@ -55,6 +55,7 @@ def create_service(ctx: ServiceContext) -> Service:
     service = Service(ctx)
     calls = register_call_metrics(service.registry)  # the planner's model calls
     state: dict[str, Any] = {}
+    register_bus_metrics(service.registry, lambda: state.get("bus"))  # worker events backlog
 
     @service.on_startup
     async def start() -> None:

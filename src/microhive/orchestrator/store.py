@@ -179,6 +179,7 @@ class WorkflowStore(ABC):
         return updated
 
     async def get_task(self, run_id: str, task_id: str) -> TaskRecord:
+        """One sub-task, or NotFound (backends answer this with a one-row query)."""
         for task in await self.get_tasks(run_id):
             if task.id == task_id:
                 return task
