@@ -21,6 +21,11 @@ ratio microhive/raw is reported. Fan-out: one event to three
 subscriber processes on the embedded bus, latency until the third has it.
 Targets: embedded >= 5,000 msg/s and p50 <= 5 ms; fan-out p50 <= 10 ms;
 NATS and Redis >= 0.8x the raw client.
+
+By default no tracer provider is installed (tracing off, as in a process that
+never set one up). ``--tracing`` installs one in every benchmark process,
+exporting to a throwaway trace store as ``microhive serve`` does, so each
+publish and delivery is a span; metric names then end in ``.traced``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import statistics
 import sys
@@ -337,6 +343,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rounds = 2 if args.quick else 3
     rows: list[dict[str, Any]] = []
 
+    suffix = ".traced" if args.tracing else ""
+
     def row(
         metric: str,
         value: float,
@@ -345,7 +353,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         target: str | None = None,
         higher_is_better: bool = True,
     ) -> None:
-        item: dict[str, Any] = {"metric": metric, "value": round(value, 3), "unit": unit}
+        item: dict[str, Any] = {"metric": metric + suffix, "value": round(value, 3), "unit": unit}
         if baseline is not None:
             item["baseline"] = round(baseline, 3)
             ratio = value / baseline if higher_is_better else baseline / value
@@ -389,9 +397,39 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run")
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--tracing", action="store_true", help="with a tracer provider installed")
     parser.add_argument("--role-consumer", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--fanout", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tracing and not args.role_consumer:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ[_TRACES_ENV] = f"sqlite:///{tmp}/traces.db"  # consumers inherit it
+            with traced(consumer=False):
+                run_role(args)
+        return
+    with traced(consumer=args.role_consumer is not None):
+        run_role(args)
+
+
+_TRACES_ENV = "MICROHIVE_BENCH_TRACES"
+
+
+@contextlib.contextmanager
+def traced(consumer: bool) -> Any:
+    """Install a tracer provider writing to the store named by the environment, if any."""
+    store = os.environ.get(_TRACES_ENV)
+    if not store:
+        yield
+        return
+    from microhive.tracing import TracingSettings, setup_tracing
+
+    name = "bench-consumer" if consumer else "bench"
+    with setup_tracing(name, 0, TracingSettings(store_url=store)) as handle:
+        handle.install()
+        yield
+
+
+def run_role(args: argparse.Namespace) -> None:
     if args.role_consumer:
         subject = "bench.fan" if args.fanout else "bench.msg"
         with contextlib.suppress(KeyboardInterrupt):
@@ -402,12 +440,12 @@ def main() -> None:
         for item in rows:
             print(json.dumps(item))
         return
-    print(f"{'metric':36} {'value':>12} {'unit':6} {'raw':>12} {'ratio':>7}  target")
+    print(f"{'metric':44} {'value':>12} {'unit':6} {'raw':>12} {'ratio':>7}  target")
     for item in rows:
         base = item.get("baseline")
         ratio = item.get("ratio")
         print(
-            f"{item['metric']:36} {item['value']:>12,.2f} {item['unit']:6} "
+            f"{item['metric']:44} {item['value']:>12,.2f} {item['unit']:6} "
             f"{'' if base is None else f'{base:,.2f}':>12} "
             f"{'' if ratio is None else f'{ratio:.2f}x':>7}  {item.get('target', '')}"
         )

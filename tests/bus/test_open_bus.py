@@ -56,7 +56,7 @@ def test_backends_are_imported_only_when_used() -> None:
 def test_public_surface() -> None:
     assert set(microhive.bus.__all__) == {
         "BACKENDS", "DLQ_PREFIX", "Bus", "Delivery", "Handler", "PublishAck", "Start",
-        "Subscription", "bus_from_spec", "open_bus", "subject_matches",
+        "Subscription", "bus_from_spec", "open_bus", "register_bus_metrics", "subject_matches",
     }  # fmt: skip
     for name in microhive.bus.__all__:
         assert hasattr(microhive.bus, name)

@@ -13,7 +13,8 @@ The role's model (``roles.<role>.model``) can be replaced per run by the run's
 ``options.models``; its tools are the gateway's tools the role is allowed.
 
 ``/metrics`` adds model- and tool-call latency histograms (by outcome) and
-``microhive_worker_tasks_in_flight``, the sub-tasks this replica is working on.
+``microhive_worker_tasks_in_flight``, the sub-tasks this replica is working on, and
+the bus metrics (``microhive_bus_pending_messages``: the role's queue depth).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from microhive.agents.loop import Toolbox
 from microhive.agents.worker import Worker
-from microhive.bus import bus_from_spec
+from microhive.bus import bus_from_spec, register_bus_metrics
 from microhive.config import MeshConfig
 from microhive.errors import ConfigError
 from microhive.models import open_model
@@ -84,6 +85,7 @@ def create_service(ctx: ServiceContext) -> Service:
         "microhive_worker_tasks_in_flight", "Sub-tasks this worker replica is working on."
     )
     in_flight.set_function(lambda: state["worker"].active if "worker" in state else 0)
+    register_bus_metrics(service.registry, lambda: state.get("bus"))  # queue depth
 
     async def toolbox_for(task: TaskMessage) -> Toolbox | None:
         return state.get("toolbox")

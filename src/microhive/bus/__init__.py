@@ -28,6 +28,11 @@ implements ``_connect/_disconnect/_store/_open_feed/ping`` plus a
 :class:`~microhive.bus._core.Receipt` and :class:`~microhive.bus._core.Feed`,
 and one line in :data:`BACKENDS`; the contract suite in ``tests/bus/`` then
 tells whether it behaves.
+
+Publishing and handling are traced (PRODUCER and CONSUMER spans in the
+publisher's trace) once the process has a tracer provider, and
+:func:`register_bus_metrics` puts each consumer's backlog and handlers in flight
+on a service's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from microhive.bus._bus import DLQ_PREFIX, Bus, Delivery, Handler, Subscription
 from microhive.bus._core import PublishAck, Start, subject_matches
+from microhive.bus._metrics import register_bus_metrics
 from microhive.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ __all__ = [
     "Subscription",
     "bus_from_spec",
     "open_bus",
+    "register_bus_metrics",
     "subject_matches",
 ]
 

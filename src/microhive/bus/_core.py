@@ -182,6 +182,14 @@ class Feed(ABC):
     async def aclose(self, *, delete: bool) -> None:
         """Stop; ``delete`` also removes the consumer's server-side state (fan-out)."""
 
+    async def pending(self) -> tuple[int | None, int | None]:
+        """The consumer's backlog: (not yet delivered, delivered but unsettled).
+
+        One cheap query (for ``/metrics``); ``None`` for a figure the backend
+        cannot tell. The default knows neither.
+        """
+        return None, None
+
 
 # ---------------------------------------------------------------- subjects
 

@@ -315,6 +315,22 @@ def _op_settle(conn: sqlite3.Connection, name: str, seq: int, due: float | None)
         conn.execute("UPDATE pending SET due = ? WHERE consumer = ? AND seq = ?", (due, name, seq))
 
 
+def _op_pending(conn: sqlite3.Connection, name: str, pattern: str) -> tuple[int, int]:
+    """(messages after the consumer's cursor matching its pattern, its unsettled leases)."""
+    row = conn.execute("SELECT cursor FROM consumers WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return 0, 0
+    waiting = sum(
+        count
+        for subject, count in conn.execute(
+            "SELECT subject, COUNT(*) FROM messages WHERE seq > ? GROUP BY subject", (row[0],)
+        )
+        if subject_matches(pattern, subject)
+    )
+    unacked = conn.execute("SELECT COUNT(*) FROM pending WHERE consumer = ?", (name,)).fetchone()
+    return waiting, int(unacked[0])
+
+
 def _op_drop_consumer(conn: sqlite3.Connection, name: str) -> None:
     conn.execute("DELETE FROM pending WHERE consumer = ?", (name,))
     conn.execute("DELETE FROM consumers WHERE name = ?", (name,))
@@ -405,6 +421,10 @@ class _EmbeddedFeed(Feed):
                 wait = min(wait, max(next_due - time.time(), 0.001))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), wait)
+
+    async def pending(self) -> tuple[int | None, int | None]:
+        waiting, unacked = await self.bus._call(_op_pending, self.spec.name, self.spec.pattern)
+        return waiting, unacked
 
     async def aclose(self, *, delete: bool) -> None:
         self.bus._feeds.discard(self)

@@ -119,6 +119,11 @@ class _MemoryFeed(Feed):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(wait, 0.001))
 
+    async def pending(self) -> tuple[int | None, int | None]:
+        c = self.consumer
+        waiting = sum(1 for m in self.bus._log[c.cursor :] if subject_matches(c.pattern, m.subject))
+        return waiting, len(c.pending)
+
     async def aclose(self, *, delete: bool) -> None:
         self.bus._feeds.discard(self)
         if delete:

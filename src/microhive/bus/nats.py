@@ -106,6 +106,13 @@ class _NatsFeed(Feed):
         n = len(self.bus.prefix)
         return [_NatsReceipt(m, n) for m in msgs]
 
+    async def pending(self) -> tuple[int | None, int | None]:
+        try:
+            info = await self.bus._js.consumer_info(self.bus.stream, self.spec.name)
+        except Exception as exc:
+            raise _failure("consumer info", exc) from exc
+        return info.num_pending, info.num_ack_pending
+
     async def aclose(self, *, delete: bool) -> None:
         with contextlib.suppress(Exception):
             await self.psub.unsubscribe()

@@ -234,6 +234,20 @@ class _RedisFeed(Feed):
         entries = [e for e in reply[1] if e[0] not in held]
         return await self._wrap(entries, fresh=False)
 
+    async def pending(self) -> tuple[int | None, int | None]:
+        """From XINFO GROUPS: ``lag`` (entries not yet read by the group, of every
+        subject: the stream is shared and filtered here) and ``pending`` (unacked)."""
+        try:
+            groups = await self.r.xinfo_groups(self.bus.stream)
+        except redis.exceptions.RedisError as exc:
+            raise _failure("group info", exc) from exc
+        for group in groups:
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.spec.name:
+                lag = group.get("lag")
+                return (int(lag) if lag is not None else None), int(group.get("pending", 0))
+        return None, None
+
     async def aclose(self, *, delete: bool) -> None:
         with contextlib.suppress(redis.exceptions.RedisError):
             if delete:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from microhive.bus import Bus, Delivery, Subscription, bus_from_spec
+from microhive.bus import Bus, Delivery, Subscription, bus_from_spec, register_bus_metrics
 from microhive.errors import InvalidInput, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -286,6 +286,7 @@ def hive_service(ctx: ServiceContext, reactor: Reactor) -> Service:
         ack_wait=float(settings.get("ack_wait", 30.0)),
     )
     service = Service(ctx)
+    register_bus_metrics(service.registry, runner.bus)  # backlog of its queue group(s)
     service.on_startup(runner.start)
     service.on_shutdown(runner.aclose)
     service.add_ready_check("bus", runner.bus.ping)

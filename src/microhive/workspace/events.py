@@ -5,6 +5,10 @@ A write and its ``file.*`` event commit in the same SQLite transaction (the
 writer's call-context headers and the event id as the bus message id (so a
 re-publish after a crash is deduplicated by the bus), and only then marks them
 published. An event can be published twice around a crash; it is never lost.
+
+Publishing under the writer's context makes the bus's ``publish file.created``
+span a child of the write's span (the REST request or the MCP ``tools/call``),
+so every subscriber's ``process`` span is in the writer's trace too.
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Mesh file::
 
 The store URL comes from ``settings.store``, else ``stores.workspace``; the bus
 from ``settings.bus``, else the mesh's ``bus.url``.
+
+Tracing: REST requests get the runtime's HTTP server span; MCP ``tools/call``
+requests get the tool service's ``tools/call {tool}`` server span parented from
+``params._meta`` (``/mcp`` is a protocol path, so no orphan HTTP span per call),
+and ``/metrics`` has their latencies. Events and webhook attempts continue the
+writer's trace (see :mod:`.events`, :mod:`.webhooks`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from microhive.service import Service, ServiceContext
+from microhive.tracing import register_call_metrics
 from microhive.workspace.core import Workspace, WorkspaceSettings
 from microhive.workspace.rest import grants_from_settings, rest_routes
 
@@ -72,5 +79,12 @@ def build_service(
     service.on_shutdown(stop)
     service.add_ready_check("store", store_ready)
     tools = workspace_tools(ws)
-    service.mount("", tools.asgi_app(path="/mcp", allowed_origins=allowed_origins or ()))
+    # As mesh_service does for tool services: tools/call latencies on /metrics, and
+    # the MCP span (parented from params._meta) as the one server span of a call.
+    tools.call_metrics = register_call_metrics(service.registry)
+    service.add_protocol_path("/mcp")
+    app = tools.asgi_app(
+        path="/mcp", allowed_origins=allowed_origins or (), max_body_bytes=service.max_body_bytes
+    )
+    service.mount("", app)
     return service

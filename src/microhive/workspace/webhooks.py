@@ -14,6 +14,10 @@
 * Targets are checked by :mod:`microhive.netpolicy` at connect time (private,
   loopback, link-local and metadata addresses refused unless allowed) and
   redirects are never followed.
+* Each attempt is a ``POST`` client span in the trace of the write that caused
+  the event: the outbox row keeps the writer's ``traceparent``, so a retry hours
+  later still lands in that trace, and the receiver gets the span's
+  ``traceparent`` header to continue it.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Status, StatusCode
 
 from microhive.errors import InvalidInput, NotFound
 from microhive.netpolicy import AddressPolicy, policy_transport
+from microhive.tracing import client_span, creation_context
 from microhive.workspace.model import EVENT_TYPES
 from microhive.workspace.paths import clean_folder, in_folder
 
@@ -104,6 +111,19 @@ def _retry_after(value: str | None) -> float | None:
         )
     except (TypeError, ValueError):
         return None
+
+
+def _writer_trace(headers: str | None) -> otel_context.Context | None:
+    """The trace context of the write behind an event (its outbox headers), if any."""
+    if not headers:
+        return None
+    try:
+        carrier = json.loads(headers)
+    except ValueError:
+        return None
+    if not isinstance(carrier, dict):
+        return None
+    return creation_context({k: v for k, v in carrier.items() if isinstance(v, str)})
 
 
 class WebhookDispatcher:
@@ -314,11 +334,13 @@ class WebhookDispatcher:
         return made
 
     async def _due(self, limit: int = 20) -> list[tuple[Any, ...]]:
+        # The outbox row (unique event_id) holds the writer's call-context headers:
+        # the attempt is traced as part of the write. Test pings have no row.
         return await self.sql.fetch(
             "SELECT d.id, d.webhook_id, d.event_id, d.payload, d.attempts, w.url, w.secret, "
-            "w.old_secret, w.old_secret_until, w.enabled FROM deliveries d JOIN webhooks w "
-            "ON w.id = d.webhook_id WHERE d.status='pending' AND d.next_at <= ? "
-            "ORDER BY d.next_at LIMIT ?",
+            "w.old_secret, w.old_secret_until, w.enabled, o.headers FROM deliveries d "
+            "JOIN webhooks w ON w.id = d.webhook_id LEFT JOIN outbox o ON o.event_id = d.event_id "
+            "WHERE d.status='pending' AND d.next_at <= ? ORDER BY d.next_at LIMIT ?",
             time.time(),
             limit,
         )
@@ -361,6 +383,7 @@ class WebhookDispatcher:
         old_secret: str | None,
         old_until: float | None,
         enabled: int,
+        writer_headers: str | None = None,
     ) -> None:
         if not enabled:
             await self._finish(did, "disabled", None, "the endpoint is disabled")
@@ -378,14 +401,26 @@ class WebhookDispatcher:
         }
         status: int | None = None
         retry_after: float | None = None
+        parent = _writer_trace(writer_headers)
+        token = otel_context.attach(parent) if parent is not None else None
         try:
-            await self.policy.check_url(url)
-            response = await self._client.post(url, content=body, headers=headers)
-            status = response.status_code
+            with client_span("POST", url, headers=headers) as span:
+                span.set("microhive.webhook.id", hook_id)
+                span.set("microhive.webhook.event_id", event_id)
+                span.set("microhive.webhook.attempt", attempts + 1)
+                await self.policy.check_url(url)
+                response = await self._client.post(url, content=body, headers=headers)
+                status = response.status_code
+                span.http_status(status)
+                if status < 200 or 300 <= status < 500:  # not delivered: a failed attempt
+                    span.span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             retry_after = _retry_after(response.headers.get("retry-after"))
             error = None if 200 <= status < 300 else f"HTTP {status}"
         except Exception as exc:  # network errors, refused targets: all retried
             error = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            if token is not None:
+                otel_context.detach(token)
         attempts += 1
         if error is None:
             await self._finish(did, "delivered", status, None, attempts)
