@@ -50,3 +50,47 @@ def test_demo_workflow_produces_the_brief_and_its_events(tmp_path: Path) -> None
     }
     assert {f"{project}/findings.json", f"{project}/report.md"} <= notified
     assert any("verified file.created deliveries" in line for line in lines)
+
+
+def test_a_demo_run_is_one_trace_across_every_service(tmp_path: Path) -> None:
+    from microhive.tracing import TraceStore
+
+    run = run_demo(tmp_path / "demo", say=lambda _: None)
+    assert run["status"] == "succeeded", run.get("error")
+    project = Path(run["demo"]["project"])
+    with TraceStore("sqlite:///.microhive/traces.db", base_dir=project) as store:
+        trace_id = store.find(run["id"])
+        assert trace_id == run["trace_id"]
+        spans = store.spans(trace_id)
+    services = {s.service for s in spans}
+    assert {
+        "orchestrator",
+        "researcher",
+        "summarizer",
+        "writer",
+        "gateway",
+        "workspace",
+    } <= services
+    names = {s.name for s in spans}
+    assert any(n.startswith("invoke_agent") for n in names)
+    assert any(n.startswith("chat ") for n in names)
+    assert any(n.startswith("execute_tool") for n in names)
+    assert any(n.startswith("tools/call") for n in names)
+    # the bus: sub-tasks and file events published and processed inside the run's trace
+    kinds = {(s.kind, s.attributes.get("messaging.destination.name")) for s in spans}
+    assert ("PRODUCER", "file.created") in kinds
+    assert any(k == "CONSUMER" and str(d).startswith("tasks.") for k, d in kinds)
+    # parent/child links are intact across processes: every parent is in the trace,
+    # and exactly one span (the POST /runs request) is the root.
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if s.parent_id is None or s.parent_id not in ids]
+    assert len(roots) == 1, [(r.service, r.name) for r in roots]
+    assert roots[0].service == "orchestrator"
+    # no prompt, output or tool-argument content unless opted in
+    content = {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+    }
+    assert not any(content & set(s.attributes) for s in spans)
