@@ -161,18 +161,24 @@ class Worker:
     async def _handle(
         self, task: TaskMessage, ctx: CallContext, delivery: Delivery, span: TracedSpan
     ) -> None:
-        await self._report(task, "started")
+        # Saying "started" need not delay the work: it is stored while the agent runs,
+        # and awaited before the result so the orchestrator hears them in order.
+        started = asyncio.create_task(self._report(task, "started"))
         heartbeat = asyncio.create_task(self._keep_alive(delivery))
         try:
             result = await self._run(task, ctx, span)
         except MicrohiveError as exc:
             span.fail(exc)
+            await started
             await self._report(task, "result", ok=False, error=exc.message)
             return
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if not started.done():
+                await asyncio.wait([started])
+        await started
         span.usage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
         ok = result.stop is StopReason.FINAL_ANSWER
         await self._report(
