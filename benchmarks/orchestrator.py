@@ -5,8 +5,9 @@ replicas of one role, each working on one sub-task at a time) and measures:
 
 * **makespan** of one run of 64 independent sub-tasks whose model call takes
   0.5 s (a scripted model), against the ideal 64 x 0.5 s / 8 = 4.0 s;
-* **framework overhead per sub-task**: dispatch-to-finished time minus the 0.5 s
-  model call, p50 and p99, from the run's own event log;
+* **framework overhead per sub-task** on the critical path: the makespan beyond
+  the ideal, divided by the sub-tasks each replica ran in turn; and, for the
+  first wave (which never queued), dispatch-to-finished minus the model call;
 * **200 concurrent runs** (one sub-task each) submitted at once: how many finish,
   and that none is lost.
 
@@ -138,14 +139,14 @@ def measure(tasks: int, runs: int) -> list[dict[str, Any]]:
             done_at = events[-1]["at"]
             makespan = done_at - plan_at
             ideal = tasks * MODEL_DELAY / REPLICAS
-            overhead = sorted(
-                max(0.0, finished[t] - dispatched[t] - MODEL_DELAY) * 1000 for t in finished
-            )
-            # Queueing (waiting for a free replica) is the schedule, not overhead: count only
-            # the sub-tasks of the first wave, which never waited.
-            first_wave = sorted(dispatched.values())[:REPLICAS]
-            wave = [t for t, at in dispatched.items() if at in first_wave]
-            wave_overhead = sorted((finished[t] - dispatched[t] - MODEL_DELAY) * 1000 for t in wave)
+            waves = tasks / REPLICAS
+            # What the framework adds on the critical path, per sub-task: the makespan
+            # beyond the ideal schedule, spread over the sub-tasks each replica ran.
+            per_task = (makespan - ideal) / waves * 1000
+            # The first wave never waited for a free replica, so dispatch -> finished
+            # minus the model call is pure framework latency for those sub-tasks.
+            first = sorted(dispatched, key=dispatched.__getitem__)[:REPLICAS]
+            first_wave = sorted((finished[t] - dispatched[t] - MODEL_DELAY) * 1000 for t in first)
             results.append(
                 {
                     "metric": "makespan",
@@ -167,17 +168,17 @@ def measure(tasks: int, runs: int) -> list[dict[str, Any]]:
             )
             results.append(
                 {
-                    "metric": "overhead_per_subtask_p50",
+                    "metric": "overhead_per_subtask_critical_path",
                     "unit": "ms",
                     "target": 5.0,
-                    "value": round(statistics.median(wave_overhead), 2),
+                    "value": round(per_task, 2),
                 }
             )
             results.append(
                 {
-                    "metric": "overhead_per_subtask_p99_all",
+                    "metric": "first_wave_dispatch_to_finished_minus_model_p50",
                     "unit": "ms",
-                    "value": round(overhead[int(len(overhead) * 0.99) - 1], 2),
+                    "value": round(statistics.median(first_wave), 2),
                 }
             )
 
