@@ -35,6 +35,7 @@ import httpx
 
 MODEL_DELAY = 0.5
 REPLICAS = 8
+TRACING = True
 
 
 def _free_port() -> int:
@@ -63,6 +64,7 @@ stores: {{workflow: "sqlite:///{root}/wf.db"}}
 models:
   plan: {{provider: scripted, model: "{root}/planner.json"}}
   work: {{provider: scripted, model: "{root}/worker.json"}}
+tracing: {{enabled: {"true" if TRACING else "false"}}}
 roles:
   planner: {{model: plan}}
   worker: {{model: work}}
@@ -236,7 +238,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--quick", action="store_true", help="16 sub-tasks, 40 runs")
+    parser.add_argument("--no-tracing", action="store_true", help="turn tracing off in the mesh")
     args = parser.parse_args()
+    global TRACING
+    TRACING = not args.no_tracing
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     results = measure(16 if args.quick else 64, 40 if args.quick else 200)
     if args.json:
