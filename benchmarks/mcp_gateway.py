@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/mcp_gateway.py [--quick] [--json]
+    .venv/bin/python benchmarks/mcp_gateway.py [--quick] [--json] [--stack auto|h11]
 
 One official-SDK tool server (``MCPServer``, streamable HTTP) and the gateway run
 as separate processes on loopback; this process is the caller, with the official
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 # -- the servers (run in child processes) --------------------------------------------------
-def serve_upstream(port: int) -> None:
+def serve_upstream(port: int, stack: str) -> None:
     import uvicorn
     from mcp.server.mcpserver import MCPServer
 
@@ -56,10 +56,19 @@ def serve_upstream(port: int) -> None:
 
     logging.disable(logging.WARNING)
     app = server.streamable_http_app()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+    http, loop = ("h11", "asyncio") if stack == "h11" else ("auto", "auto")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        access_log=False,
+        http=http,
+        loop=loop,
+    )
 
 
-def serve_gateway(port: int, upstream: str) -> None:
+def serve_gateway(port: int, upstream: str, stack: str) -> None:
     import uvicorn
 
     from microhive.mcp.gateway import Gateway, GatewayHTTP, GatewaySettings, RoleAuth
@@ -80,10 +89,17 @@ def serve_gateway(port: int, upstream: str) -> None:
                     log_level="error",
                     access_log=False,
                     lifespan="off",
+                    http="h11" if stack == "h11" else "auto",
                 )
                 await uvicorn.Server(config).serve()
 
-    asyncio.run(main())
+    factory = None
+    if stack != "h11":
+        # uvloop when installed, as uvicorn.run picks it for the direct server
+        # (the app string is never loaded: only the loop setting is read)
+        factory = uvicorn.Config("unused:app", loop="auto").get_loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -245,24 +261,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--quick", action="store_true", help="a smaller run")
+    parser.add_argument(
+        "--stack",
+        choices=("auto", "h11"),
+        default="auto",
+        help="server HTTP/event-loop stack: auto (httptools+uvloop when installed) or h11+asyncio",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
+        serve_upstream(args.serve_upstream, args.stack)
         return
     if args.serve_gateway:
-        serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1])
+        serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1], args.stack)
         return
 
     logging.disable(logging.WARNING)
     up_port, gw_port = free_port(), free_port()
     direct_url = f"http://127.0.0.1:{up_port}/mcp"
-    up = spawn("--serve-upstream", str(up_port))
+    up = spawn("--serve-upstream", str(up_port), "--stack", args.stack)
     gw = None
     try:
         wait_port(up_port, up)
-        gw = spawn("--serve-gateway", str(gw_port), direct_url)
+        gw = spawn("--serve-gateway", str(gw_port), direct_url, "--stack", args.stack)
         wait_port(gw_port, gw)
         n, n_fresh = (300, 60) if args.quick else (1500, 300)
         results = asyncio.run(measure(direct_url, f"http://127.0.0.1:{gw_port}/mcp", n, n_fresh))

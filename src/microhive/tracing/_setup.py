@@ -31,7 +31,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
 from microhive.config.model import MeshConfig, TracingSpec
 from microhive.errors import MissingDependency
@@ -210,7 +210,14 @@ def setup_tracing(
     )
     # Parent-based: a service records a span exactly when its caller did, so a
     # sampled run is whole in every service and an unsampled one costs little.
-    sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    # Disabled (and no extra processor to feed): a span this process would start a
+    # trace with is not recorded -- a cheap non-recording span whose trace id still
+    # reaches logs and onward calls, marked unsampled so a disabled mesh builds no
+    # spans anywhere. A call that arrives sampled (a traced caller) is still
+    # followed, so the services after this one keep their part of that trace.
+    sampler: Sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    if not settings.enabled and not processors:
+        sampler = ParentBased(ALWAYS_OFF)
     provider = MeshTracerProvider(
         capture_content=settings.capture_content, resource=resource, sampler=sampler
     )

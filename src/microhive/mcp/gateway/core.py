@@ -15,17 +15,18 @@ once it has drained.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Status, StatusCode
 
 from microhive.context import CallContext
 from microhive.errors import (
@@ -37,6 +38,7 @@ from microhive.errors import (
     ServiceUnavailable,
     TimeoutFailure,
 )
+from microhive.tracing import context_attributes
 
 from ..registry import Registry, UpstreamSpec
 from ..resilience import Guard, ResiliencePolicy
@@ -48,7 +50,6 @@ from .upstream import UpstreamPool
 __all__ = ["Gateway", "GatewaySettings", "ToolEntry", "tool_error"]
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("microhive.mcp.gateway")
 
 #: ``_meta`` keys that belong to one hop and are never forwarded as-is.
 _HOP_LOCAL_PREFIXES = ("io.microhive/", "io.modelcontextprotocol/")
@@ -113,6 +114,32 @@ def _forward_meta(meta: Mapping[str, Any] | None, nxt: CallContext) -> dict[str,
     }
     kept.update(nxt.to_meta())
     return kept
+
+
+def _trace_carrier() -> dict[str, str]:
+    """``traceparent``/``tracestate`` of the current span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def _relay(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's copy of an upstream result: content, structured content, error flag,
+    and ``_meta`` minus the upstream's protocol stamps (our server adds its own)."""
+    # resultType: required on the 2026-07-28 wire, sieved out for earlier callers
+    relayed: dict[str, Any] = {"resultType": "complete", "content": result.get("content", [])}
+    if "structuredContent" in result:
+        relayed["structuredContent"] = result["structuredContent"]
+    if "isError" in result:
+        relayed["isError"] = result["isError"]
+    notes = {
+        k: v
+        for k, v in (result.get("_meta") or {}).items()
+        if not k.startswith("io.modelcontextprotocol/")
+    }
+    if notes:
+        relayed["_meta"] = notes
+    return relayed
 
 
 class Gateway:
@@ -357,8 +384,12 @@ class Gateway:
         public: str,
         arguments: dict[str, Any] | None,
         meta: Mapping[str, Any] | None,
-    ) -> types.CallToolResult:
-        """Route one ``tools/call``; every failure comes back as a tool error result."""
+    ) -> types.CallToolResult | dict[str, Any]:
+        """Route one ``tools/call``; every failure comes back as a tool error result.
+
+        A forwarded result is returned in its wire form (a dict the SDK's server
+        serialises as it is), a refusal as a ``CallToolResult``.
+        """
         entry = self._entries.get(public)
         who = f"role {caller.role!r}" if caller.role else "this caller"
         if entry is None or not caller.allows(entry.qualified):
@@ -382,42 +413,40 @@ class Gateway:
         if route is None:
             return tool_error(NotFound(f"namespace {entry.namespace!r} is no longer registered"))
         pool, guard = route
-        attributes = {
-            "mcp.tool.name": entry.qualified,
-            "microhive.upstream": pool.spec.url,
-            "microhive.role": caller.role or "",
-        }
-        with (
-            ctx.activate(),
-            _tracer.start_as_current_span(
-                f"gateway tools/call {entry.qualified}", kind=SpanKind.CLIENT, attributes=attributes
-            ) as span,
-        ):
-            nxt = CallContext.current().next_hop()  # the trace now points at our span
+        # The MCP SDK already traces this hop: its server span for the incoming
+        # call (parented from params._meta) and its client span for the forwarded
+        # one. The gateway annotates the server span instead of adding a third span;
+        # untraced, the caller's context is activated so its trace id still flows.
+        span = trace.get_current_span()
+        traced = span.is_recording()
+        if traced:
+            span.set_attributes(
+                {
+                    "mcp.tool.name": entry.qualified,
+                    "microhive.upstream": pool.spec.url,
+                    "microhive.role": caller.role or "",
+                    **context_attributes(ctx),
+                }
+            )
+            # forwarded, the trace points at the SDK's server span
+            ctx = replace(ctx, trace=_trace_carrier())
+        with contextlib.nullcontext() if traced else ctx.activate():
+            nxt = ctx.next_hop()
             forwarded = _forward_meta(meta, nxt)
 
-            async def attempt() -> types.CallToolResult:
-                return await pool.call(entry.name, arguments, forwarded)
+            async def attempt() -> dict[str, Any]:
+                return await pool.forward(entry.name, arguments, forwarded)
 
             try:
                 result = await guard.run(attempt, retryable=entry.retryable, deadline=nxt.deadline)
             except MicrohiveError as exc:
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                span.set_attribute("microhive.error", exc.code)
+                if traced:
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                    span.set_attribute("microhive.error", exc.code)
                 return tool_error(exc)
-            if result.is_error:
+            if traced and result.get("isError"):
                 span.set_attribute("mcp.tool.is_error", True)
-        notes = {
-            k: v
-            for k, v in (result.meta or {}).items()
-            if not k.startswith("io.modelcontextprotocol/")
-        }
-        return types.CallToolResult(
-            content=result.content,
-            structured_content=result.structured_content,
-            is_error=result.is_error,
-            _meta=notes or None,
-        )
+        return _relay(result)
 
     # -- retrieval ---------------------------------------------------------------------
     async def search(

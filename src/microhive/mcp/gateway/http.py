@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -139,7 +139,11 @@ class GatewayHTTP:
     ) -> types.CallToolResult:
         caller = self._caller(ctx)
         meta = dict(params.meta) if params.meta else None
-        return await self.gateway.call(caller, params.name, params.arguments, meta)
+        result = await self.gateway.call(caller, params.name, params.arguments, meta)
+        # A forwarded result stays in wire form: the SDK's runner serialises a dict
+        # result as it is (checked against the caller's protocol revision), so no
+        # model is rebuilt only to be dumped again.
+        return cast(types.CallToolResult, result)
 
     # -- ASGI ----------------------------------------------------------------------------
     def app(self) -> Starlette:

@@ -68,5 +68,8 @@ def create_service(ctx: ServiceContext) -> Service:
     service.on_startup(start)
     service.on_shutdown(stop)
     service.add_ready_check("gateway", ready)
+    # MCP requests are traced by the MCP server span (parented from params._meta),
+    # not by an HTTP span that would start an orphan trace per call
+    service.add_protocol_path("/mcp")
     service.mount("", http.app(), lifespan=False)
     return service

@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter
 
 from microhive.errors import InvalidInput, ServiceUnavailable, UpstreamError
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 UNREACHABLE = -32001
 KEEPALIVE = 3.0
 _CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.INVALID_REQUEST, types.METHOD_NOT_FOUND})
+#: The forwarding path keeps a result in its wire form: the SDK has already checked it
+#: against the negotiated protocol revision, and the gateway's own server checks it
+#: again for the caller's revision, so no typed model is built in between.
+_WIRE_RESULT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
 class _FailSoftTransport(httpx2.AsyncBaseTransport):
@@ -238,6 +243,43 @@ class UpstreamPool:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+
+    async def forward(
+        self, tool: str, arguments: dict[str, Any] | None, meta: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Forward one ``tools/call`` and return the result in its wire form (the gateway's hop).
+
+        Unlike :meth:`call` this skips what only an end caller needs: building a
+        ``CallToolResult`` model and re-validating structured content against the
+        tool's output schema (the tool server produced it against that schema, and
+        the agent that receives it checks it again). The SDK still frames the
+        request and validates the result against the protocol revision.
+        """
+        self.in_flight += 1
+        self.calls += 1
+        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
+        try:
+            client = await self._get()
+            request = types.CallToolRequest(
+                params=types.CallToolRequestParams(name=tool, arguments=arguments, _meta=meta)
+            )
+            try:
+                # the result-type bound is BaseModel, but any TypeAdapter works at run time
+                result = await client.session.send_request(request, _WIRE_RESULT)  # type: ignore[type-var]
+            except Exception as exc:
+                raise self._convert(exc) from exc
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        kind = result.get("resultType", "complete")
+        if kind != "complete":
+            # e.g. 2026-07-28 "input_required": the gateway does not relay those rounds
+            raise UpstreamError(
+                f"upstream {self.namespace!r} answered {tool!r} with a {kind!r} result, "
+                "which the gateway does not forward"
+            )
+        return result
 
     async def list_tools(self) -> list[types.Tool]:
         """Fetch every page of the upstream's tool list and remember it."""
