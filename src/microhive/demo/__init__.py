@@ -63,7 +63,7 @@ def _free(port: int) -> bool:
     return True
 
 
-def demo_mesh_yaml(base_port: int, *, workers: dict[str, int] | None = None) -> str:
+def demo_mesh_yaml(base_port: int) -> str:
     """The demo's mesh file: the default services, offline models, role tokens."""
     roles = {
         "researcher": (
@@ -99,11 +99,6 @@ roles:
   # The demo's webhook receiver listens on loopback, so private targets are allowed.
   allow_private_targets: true
 {services_yaml(base_port)}"""
-    for name, replicas in (workers or {}).items():
-        text = text.replace(
-            f"  {name}:\n    kind: worker\n",
-            f"  {name}:\n    kind: worker\n    replicas: {replicas}\n",
-        ).replace("    replicas: 2             # two processes share the researcher queue\n", "")
     return text
 
 
