@@ -24,11 +24,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from microhive.embeddings import Embedder
-from microhive.errors import InvalidInput
-from microhive.workspace.local import LocalStore, _row_to_info
+from microhive.workspace.local import LocalStore
 from microhive.workspace.model import FULL_ACCESS, FileInfo, Grant, SearchHit
-from microhive.workspace.paths import clean_folder, clean_workspace_name
-from microhive.workspace.search import KEYWORD_WEIGHT, fts_query, highlight, query_terms, rrf
+from microhive.workspace.rules import row_to_info
+from microhive.workspace.search import (
+    KEYWORD_WEIGHT,
+    check_search,
+    fts_query,
+    highlight,
+    query_terms,
+    rrf,
+)
 from microhive.workspace.text import chunk_text, extract_text
 from microhive.workspace.vectors import VectorMatrix
 
@@ -36,7 +42,6 @@ __all__ = ["Indexer", "LocalIndex", "SearchMode"]
 
 log = logging.getLogger("microhive.workspace.index")
 SearchMode = str  # "hybrid" | "keyword" | "vector"
-_MODES = ("hybrid", "keyword", "vector")
 _CANDIDATES = 50
 
 
@@ -100,7 +105,7 @@ class LocalIndex:
             "WHERE v.index_state='pending' ORDER BY v.rowid LIMIT ?",
             (limit,),
         ).fetchall()
-        return [_row_to_info(r) for r in rows]
+        return [row_to_info(r) for r in rows]
 
     def prepare(
         self, infos: list[FileInfo]
@@ -208,14 +213,7 @@ class LocalIndex:
         query_vector: NDArray[np.float32] | None = None,
     ) -> list[SearchHit]:
         """Keyword, vector or fused (RRF) search of one workspace's current files."""
-        ws = clean_workspace_name(ws)
-        folder_ = clean_folder(folder)
-        if mode not in _MODES:
-            raise InvalidInput(f"search mode must be one of {', '.join(_MODES)}, got {mode!r}")
-        if not query.strip():
-            raise InvalidInput("search query is empty")
-        if not 1 <= limit <= 100:
-            raise InvalidInput("limit must be between 1 and 100")
+        ws, folder_ = check_search(ws, folder, query, mode=mode, limit=limit)
         types = tuple(content_types or ())
         self.forget_removed()
         depth = max(_CANDIDATES, limit)

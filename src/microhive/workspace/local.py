@@ -16,7 +16,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import base64
 import builtins
 import hashlib
 import json
@@ -32,24 +31,31 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from microhive.context import CallContext
-from microhive.errors import Conflict, InvalidInput, NotFound
-from microhive.workspace.model import FULL_ACCESS, FileInfo, FileTooLarge, Grant, Page
-from microhive.workspace.paths import (
-    clean_folder,
-    clean_path,
-    clean_workspace_name,
-    confine,
-    matches_glob,
+from microhive.errors import InvalidInput
+from microhive.workspace.model import FULL_ACCESS, FileInfo, Grant, Page
+from microhive.workspace.paths import clean_path, clean_workspace_name, confine
+from microhive.workspace.rules import (
+    FILE_COLUMNS,
+    Listing,
+    check_expected_version,
+    check_idempotency_key,
+    check_move,
+    check_path,
+    event_record,
+    next_version,
+    no_file,
+    readable,
+    replayed,
+    row_to_info,
+    too_large,
+    write_fingerprint,
 )
-from microhive.workspace.text import guess_content_type, is_indexable
+from microhive.workspace.text import guess_content_type
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "LocalStore", "path_from_url"]
 
 DEFAULT_MAX_FILE_BYTES = 25 * 1024 * 1024
-_COLUMNS = (
-    "v.ws, v.path, v.version, v.size, v.content_type, v.sha256, v.author, v.trace_id, "
-    "f.created_at, v.created_at, v.deleted, v.index_state, v.index_error"
-)
+_COLUMNS = FILE_COLUMNS
 
 
 def path_from_url(url: str) -> Path:
@@ -60,35 +66,6 @@ def path_from_url(url: str) -> Path:
     if parsed.scheme != "file":
         raise InvalidInput(f"not a file:// URL: {url!r}")
     return Path(unquote(parsed.netloc + parsed.path))
-
-
-def _row_to_info(row: sqlite3.Row | tuple[Any, ...]) -> FileInfo:
-    return FileInfo(
-        workspace=row[0],
-        path=row[1],
-        version=row[2],
-        size=row[3],
-        content_type=row[4],
-        sha256=row[5],
-        author=row[6],
-        trace_id=row[7],
-        created_at=row[8],
-        updated_at=row[9],
-        deleted=bool(row[10]),
-        index_state=row[11],
-        index_error=row[12],
-    )
-
-
-def _encode_cursor(path: str) -> str:
-    return base64.urlsafe_b64encode(path.encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"invalid cursor {cursor!r}") from exc
 
 
 class LocalStore:
@@ -188,9 +165,7 @@ class LocalStore:
     def info(
         self, ws: str, path: str, *, version: int | None = None, grant: Grant = FULL_ACCESS
     ) -> FileInfo:
-        ws = clean_workspace_name(ws)
-        path = clean_path(path)
-        grant.check(path, write=False)
+        ws, path = check_path(ws, path, grant, write=False)
         if version is None:
             row = self.db.execute(
                 f"SELECT {_COLUMNS} FROM files f JOIN versions v ON v.ws=f.ws AND v.path=f.path "
@@ -204,30 +179,25 @@ class LocalStore:
                 (ws, path, version),
             ).fetchone()
         if row is None:
-            what = f"version {version} of " if version is not None else ""
-            raise NotFound(f"no {what}file {path!r} in workspace {ws!r}")
-        return _row_to_info(row)
+            raise no_file(ws, path, version)
+        return row_to_info(row)
 
     def read(
         self, ws: str, path: str, *, version: int | None = None, grant: Grant = FULL_ACCESS
     ) -> tuple[FileInfo, bytes]:
-        info = self.info(ws, path, version=version, grant=grant)
-        if info.deleted:
-            raise NotFound(f"version {info.version} of {path!r} is a deletion")
+        info = readable(self.info(ws, path, version=version, grant=grant), path)
         return info, self.read_blob(info.sha256)
 
     def versions(self, ws: str, path: str, *, grant: Grant = FULL_ACCESS) -> list[FileInfo]:
-        ws = clean_workspace_name(ws)
-        path = clean_path(path)
-        grant.check(path, write=False)
+        ws, path = check_path(ws, path, grant, write=False)
         rows = self.db.execute(
             f"SELECT {_COLUMNS} FROM versions v JOIN files f ON v.ws=f.ws AND v.path=f.path "
             "WHERE v.ws=? AND v.path=? ORDER BY v.version",
             (ws, path),
         ).fetchall()
         if not rows:
-            raise NotFound(f"no file {path!r} in workspace {ws!r}")
-        return [_row_to_info(r) for r in rows]
+            raise no_file(ws, path)
+        return [row_to_info(r) for r in rows]
 
     def list(
         self,
@@ -242,50 +212,29 @@ class LocalStore:
     ) -> Page:
         """Files under ``folder`` in path order, ``limit`` at a time."""
         ws = clean_workspace_name(ws)
-        folder = clean_folder(folder)
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
-        after = _decode_cursor(cursor) if cursor else ""
-        prefix = folder + "/" if folder else ""
-        items: list[FileInfo] = []
-        folders: set[str] = set()
-        last = after
-        while len(items) <= limit:
+        listing = Listing(
+            folder, glob=glob, recursive=recursive, limit=limit, cursor=cursor, grant=grant
+        )
+        prefix = listing.prefix
+        while listing.wants_more:
             rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM files f JOIN versions v ON v.ws=f.ws AND v.path=f.path "
                 "AND v.version=f.version WHERE f.ws=? AND f.deleted=0 AND f.path > ? "
                 "AND substr(f.path, 1, ?) = ? ORDER BY f.path LIMIT 500",
-                (ws, last, len(prefix), prefix),
+                (ws, listing.last, len(prefix), prefix),
             ).fetchall()
             if not rows:
                 break
-            for row in rows:
-                info = _row_to_info(row)
-                last = info.path
-                rest = info.path[len(prefix) :]
-                if not grant.allows(info.path):
-                    continue
-                if not recursive and "/" in rest:
-                    folders.add(prefix + rest.split("/", 1)[0])
-                    continue
-                if glob and not matches_glob(rest, glob):
-                    continue
-                items.append(info)
-                if len(items) > limit:
-                    break
-        if not recursive and not cursor:
-            for (path,) in self.db.execute(
-                "SELECT path FROM folders WHERE ws=? AND substr(path, 1, ?) = ?",
-                (ws, len(prefix), prefix),
-            ):
-                rest = path[len(prefix) :]
-                if rest and grant.covers_folder(path):
-                    folders.add(prefix + rest.split("/", 1)[0])
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            next_cursor = _encode_cursor(items[-1].path)
-        return Page(items=items, folders=sorted(folders), next_cursor=next_cursor)
+            listing.add(map(row_to_info, rows))
+        if listing.wants_folders:
+            listing.add_folders(
+                path
+                for (path,) in self.db.execute(
+                    "SELECT path FROM folders WHERE ws=? AND substr(path, 1, ?) = ?",
+                    (ws, len(prefix), prefix),
+                )
+            )
+        return listing.page()
 
     # ----------------------------------------------------------------- writes
 
@@ -315,28 +264,20 @@ class LocalStore:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidInput("content must be bytes")
         data = bytes(data)
-        fingerprint = hashlib.sha256(
-            f"{'append' if append else 'write'}:{path}:".encode() + data
-        ).hexdigest()
+        fingerprint = write_fingerprint(path, data, append=append)
         replay = self._replay(ws, idempotency_key, fingerprint)
         if replay is not None:
             return replay
         if len(data) > self.max_file_bytes and not append:
-            raise FileTooLarge(
-                f"{path!r} is {len(data)} bytes; the workspace limit is {self.max_file_bytes}"
-            )
+            raise too_large(path, len(data), self.max_file_bytes)
         if append:
             current = self._current(ws, path)
             if current is not None and not current.deleted:
-                if expected_version is not None and current.version != expected_version:
-                    raise self._conflict(path, expected_version, current.version)
+                check_expected_version(path, expected_version, current)
                 data = self.read_blob(current.sha256) + data
                 content_type = content_type or current.content_type
             if len(data) > self.max_file_bytes:
-                raise FileTooLarge(
-                    f"appending would make {path!r} {len(data)} bytes; "
-                    f"the workspace limit is {self.max_file_bytes}"
-                )
+                raise too_large(path, len(data), self.max_file_bytes, appending=True)
         sha = self._put_blob(data)
         ctype = content_type or guess_content_type(path, data)
         with self.transaction():
@@ -363,13 +304,11 @@ class LocalStore:
         grant: Grant = FULL_ACCESS,
     ) -> FileInfo:
         """Delete a file (a tombstone version; older versions stay readable)."""
-        ws = clean_workspace_name(ws)
-        path = clean_path(path)
-        grant.check(path, write=True)
+        ws, path = check_path(ws, path, grant, write=True)
         with self.transaction():
             current = self._current(ws, path)
             if current is None or current.deleted:
-                raise NotFound(f"no file {path!r} in workspace {ws!r}")
+                raise no_file(ws, path)
             return self._commit_version(
                 ws,
                 path,
@@ -435,16 +374,11 @@ class LocalStore:
         grant: Grant = FULL_ACCESS,
     ) -> FileInfo:
         """Copy to ``dst`` then delete ``src``, in one transaction."""
-        ws = clean_workspace_name(ws)
-        src, dst = clean_path(src), clean_path(dst)
-        grant.check(src, write=True)
-        grant.check(dst, write=True)
-        if src == dst:
-            raise InvalidInput("source and destination are the same path")
+        ws, src, dst = check_move(ws, src, dst, grant)
         with self.transaction():
             current = self._current(ws, src)
             if current is None or current.deleted:
-                raise NotFound(f"no file {src!r} in workspace {ws!r}")
+                raise no_file(ws, src)
             info = self._commit_version(
                 ws,
                 dst,
@@ -475,15 +409,7 @@ class LocalStore:
             "AND v.version=f.version WHERE f.ws=? AND f.path=?",
             (ws, path),
         ).fetchone()
-        return None if row is None else _row_to_info(row)
-
-    @staticmethod
-    def _conflict(path: str, expected: int, actual: int | None) -> Conflict:
-        have = "does not exist" if not actual else f"is at version {actual}"
-        return Conflict(
-            f"{path!r} {have}, but the write expected version {expected}; "
-            "nothing was changed -- read the current version and retry"
-        )
+        return None if row is None else row_to_info(row)
 
     def _commit_version(
         self,
@@ -498,40 +424,38 @@ class LocalStore:
         deleted: bool,
     ) -> FileInfo:
         """Insert the next version row, move the file pointer, queue events (in a txn)."""
-        now = time.time()
         current = self._current(ws, path)
-        live = current is not None and not current.deleted
-        if expected_version is not None:
-            actual = current.version if live and current is not None else 0
-            if actual != expected_version:
-                raise self._conflict(path, expected_version, actual or None)
-        version = (current.version if current else 0) + 1
+        nxt = next_version(
+            path,
+            current,
+            content_type=content_type,
+            deleted=deleted,
+            expected_version=expected_version,
+        )
         ctx = CallContext.current()
-        state = "skipped" if deleted or not is_indexable(content_type) else "pending"
         self.db.execute(
             "INSERT INTO versions (ws, path, version, sha256, size, content_type, author, "
             "trace_id, created_at, deleted, index_state) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ws,
                 path,
-                version,
+                nxt.version,
                 sha,
                 size,
                 content_type,
                 author,
                 ctx.trace_id,
-                now,
+                nxt.updated_at,
                 int(deleted),
-                state,
+                nxt.index_state,
             ),
         )
-        created_at = current.created_at if live and current is not None else now
         self.db.execute(
             "INSERT INTO files (ws, path, version, deleted, created_at, updated_at) "
             "VALUES (?,?,?,?,?,?) ON CONFLICT (ws, path) DO UPDATE SET version=excluded.version,"
             " deleted=excluded.deleted, created_at=excluded.created_at,"
             " updated_at=excluded.updated_at",
-            (ws, path, version, int(deleted), created_at, now),
+            (ws, path, nxt.version, int(deleted), nxt.created_at, nxt.updated_at),
         )
         # Superseded and deleted content leaves the index at once.
         self._removed_chunks.extend(
@@ -540,16 +464,14 @@ class LocalStore:
         self.db.execute("DELETE FROM chunks WHERE ws=? AND path=?", (ws, path))
         info = self._current(ws, path)
         assert info is not None
-        kind = "file.deleted" if deleted else ("file.updated" if live else "file.created")
-        self.add_event(kind, info, ctx)
+        self.add_event(nxt.kind, info, ctx)
         return info
 
     def add_event(self, kind: str, info: FileInfo, ctx: CallContext | None = None) -> None:
         """Queue an event in the outbox (call inside the transaction that caused it)."""
         ctx = ctx or CallContext.current()
         event_id = f"evt_{uuid.uuid4().hex}"
-        data = {k: v for k, v in info.to_dict().items() if k not in {"sha256"}}
-        payload = {"id": event_id, "type": kind, "timestamp": time.time(), "data": data}
+        payload, headers = event_record(event_id, kind, info, ctx)
         self.db.execute(
             "INSERT INTO outbox (event_id, type, ws, path, payload, headers, created_at) "
             "VALUES (?,?,?,?,?,?,?)",
@@ -558,25 +480,20 @@ class LocalStore:
                 kind,
                 info.workspace,
                 info.path,
-                json.dumps(payload),
-                json.dumps(ctx.to_headers()),
+                payload,
+                headers,
                 time.time(),
             ),
         )
 
     def _replay(self, ws: str, key: str | None, fingerprint: str) -> FileInfo | None:
+        check_idempotency_key(key)
         if key is None:
             return None
-        if not key or len(key) > 255:
-            raise InvalidInput("idempotency key must be 1-255 characters")
         row = self.db.execute(
             "SELECT fingerprint, result FROM idempotency WHERE ws=? AND key=?", (ws, key)
         ).fetchone()
-        if row is None:
-            return None
-        if row[0] != fingerprint:
-            raise Conflict(f"idempotency key {key!r} was already used for a different request")
-        return FileInfo(**json.loads(row[1]))
+        return None if row is None else replayed(key, row[0], row[1], fingerprint)
 
     def _remember(self, ws: str, key: str | None, fingerprint: str, info: FileInfo) -> None:
         if key is not None:

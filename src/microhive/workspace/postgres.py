@@ -20,7 +20,6 @@ the tests use one throwaway schema per test.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import hashlib
 import json
@@ -30,26 +29,27 @@ from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 from microhive.context import CallContext
 from microhive.embeddings import Embedder
-from microhive.errors import Conflict, InvalidInput, MissingDependency, NotFound
+from microhive.errors import InvalidInput, MissingDependency
 from microhive.workspace.local import DEFAULT_MAX_FILE_BYTES
-from microhive.workspace.model import (
-    FULL_ACCESS,
-    FileInfo,
-    FileTooLarge,
-    Grant,
-    IndexState,
-    Page,
-)
-from microhive.workspace.paths import (
-    clean_folder,
-    clean_path,
-    clean_workspace_name,
-    matches_glob,
-)
+from microhive.workspace.model import FULL_ACCESS, FileInfo, Grant, Page
+from microhive.workspace.paths import clean_path, clean_workspace_name
 from microhive.workspace.postgres_index import PgIndexMixin
 from microhive.workspace.postgres_schema import COLS, DDL, SCHEMA_NAME, row_info
+from microhive.workspace.rules import (
+    Listing,
+    check_idempotency_key,
+    check_move,
+    check_path,
+    event_record,
+    next_version,
+    no_file,
+    readable,
+    replayed,
+    too_large,
+    write_fingerprint,
+)
 from microhive.workspace.sql import PostgresPort
-from microhive.workspace.text import guess_content_type, is_indexable
+from microhive.workspace.text import guess_content_type
 
 __all__ = ["PostgresBackend"]
 
@@ -128,8 +128,7 @@ class PostgresBackend(PgIndexMixin):
     async def info(
         self, ws: str, path: str, *, version: int | None = None, grant: Grant = FULL_ACCESS
     ) -> FileInfo:
-        ws, path = clean_workspace_name(ws), clean_path(path)
-        grant.check(path, write=False)
+        ws, path = check_path(ws, path, grant, write=False)
         if version is None:
             sql = (
                 f"SELECT {COLS} FROM {{s}}.files f JOIN {{s}}.versions v ON v.ws=f.ws AND "
@@ -144,16 +143,13 @@ class PostgresBackend(PgIndexMixin):
             )
             row = await self._pool.fetchrow(self._sql(sql), ws, path, version)
         if row is None:
-            what = f"version {version} of " if version is not None else ""
-            raise NotFound(f"no {what}file {path!r} in workspace {ws!r}")
+            raise no_file(ws, path, version)
         return row_info(row)
 
     async def read(
         self, ws: str, path: str, *, version: int | None = None, grant: Grant = FULL_ACCESS
     ) -> tuple[FileInfo, bytes]:
-        info = await self.info(ws, path, version=version, grant=grant)
-        if info.deleted:
-            raise NotFound(f"version {info.version} of {path!r} is a deletion")
+        info = readable(await self.info(ws, path, version=version, grant=grant), path)
         data = await self._pool.fetchval(
             self._sql("SELECT data FROM {s}.blobs WHERE sha256=$1"), info.sha256
         )
@@ -162,15 +158,14 @@ class PostgresBackend(PgIndexMixin):
     async def versions(
         self, ws: str, path: str, *, grant: Grant = FULL_ACCESS
     ) -> builtins.list[FileInfo]:
-        ws, path = clean_workspace_name(ws), clean_path(path)
-        grant.check(path, write=False)
+        ws, path = check_path(ws, path, grant, write=False)
         sql = (
             f"SELECT {COLS} FROM {{s}}.versions v JOIN {{s}}.files f ON v.ws=f.ws AND "
             "v.path=f.path WHERE v.ws=$1 AND v.path=$2 ORDER BY v.version"
         )
         rows = await self._pool.fetch(self._sql(sql), ws, path)
         if not rows:
-            raise NotFound(f"no file {path!r} in workspace {ws!r}")
+            raise no_file(ws, path)
         return [row_info(r) for r in rows]
 
     async def list(
@@ -184,61 +179,31 @@ class PostgresBackend(PgIndexMixin):
         cursor: str | None = None,
         grant: Grant = FULL_ACCESS,
     ) -> Page:
-        ws, folder = clean_workspace_name(ws), clean_folder(folder)
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
-        try:
-            after = (
-                base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
-                if cursor
-                else ""
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"invalid cursor {cursor!r}") from exc
-        prefix = folder + "/" if folder else ""
+        ws = clean_workspace_name(ws)
+        listing = Listing(
+            folder, glob=glob, recursive=recursive, limit=limit, cursor=cursor, grant=grant
+        )
+        prefix = listing.prefix
         sql = (
             f"SELECT {COLS} FROM {{s}}.files f JOIN {{s}}.versions v ON v.ws=f.ws AND "
             "v.path=f.path AND v.version=f.version WHERE f.ws=$1 AND NOT f.deleted AND "
             'f.path COLLATE "C" > $2 AND left(f.path, $3) = $4 ORDER BY f.path COLLATE "C" '
             "LIMIT 500"
         )
-        items: builtins.list[FileInfo] = []
-        folders: set[str] = set()
-        last = after
-        while len(items) <= limit:
-            rows = await self._pool.fetch(self._sql(sql), ws, last, len(prefix), prefix)
+        while listing.wants_more:
+            rows = await self._pool.fetch(self._sql(sql), ws, listing.last, len(prefix), prefix)
             if not rows:
                 break
-            for row in rows:
-                info = row_info(row)
-                last = info.path
-                rest = info.path[len(prefix) :]
-                if not grant.allows(info.path):
-                    continue
-                if not recursive and "/" in rest:
-                    folders.add(prefix + rest.split("/", 1)[0])
-                    continue
-                if glob and not matches_glob(rest, glob):
-                    continue
-                items.append(info)
-                if len(items) > limit:
-                    break
-        if not recursive and not cursor:
+            listing.add(map(row_info, rows))
+        if listing.wants_folders:
             extra = await self._pool.fetch(
                 self._sql("SELECT path FROM {s}.folders WHERE ws=$1 AND left(path, $2) = $3"),
                 ws,
                 len(prefix),
                 prefix,
             )
-            for (path,) in extra:
-                rest = path[len(prefix) :]
-                if rest and grant.covers_folder(path):
-                    folders.add(prefix + rest.split("/", 1)[0])
-        next_cursor = None
-        if len(items) > limit:
-            items = items[:limit]
-            next_cursor = base64.urlsafe_b64encode(items[-1].path.encode()).decode()
-        return Page(items=items, folders=sorted(folders), next_cursor=next_cursor)
+            listing.add_folders(path for (path,) in extra)
+        return listing.page()
 
     # ----------------------------------------------------------------- writes
 
@@ -255,18 +220,12 @@ class PostgresBackend(PgIndexMixin):
         append: bool = False,
         grant: Grant = FULL_ACCESS,
     ) -> FileInfo:
-        ws, path = clean_workspace_name(ws), clean_path(path)
-        grant.check(path, write=True)
+        ws, path = check_path(ws, path, grant, write=True)
         data = bytes(data)
-        fingerprint = hashlib.sha256(
-            f"{'append' if append else 'write'}:{path}:".encode() + data
-        ).hexdigest()
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-            raise InvalidInput("idempotency key must be 1-255 characters")
+        fingerprint = write_fingerprint(path, data, append=append)
+        check_idempotency_key(idempotency_key)
         if len(data) > self.max_file_bytes:
-            raise FileTooLarge(
-                f"{path!r} is {len(data)} bytes; the workspace limit is {self.max_file_bytes}"
-            )
+            raise too_large(path, len(data), self.max_file_bytes)
         async with self._pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None:
                 # Same-key retries arriving together wait here for the first one.
@@ -281,12 +240,7 @@ class PostgresBackend(PgIndexMixin):
                     idempotency_key,
                 )
                 if row is not None:
-                    if row[0] != fingerprint:
-                        raise Conflict(
-                            f"idempotency key {idempotency_key!r} was already used "
-                            "for a different request"
-                        )
-                    return FileInfo(**json.loads(row[1]))
+                    return replayed(idempotency_key, row[0], row[1], fingerprint)
             current = await self._lock(conn, ws, path)
             if append and current is not None and not current.deleted:
                 old = await conn.fetchval(
@@ -295,10 +249,7 @@ class PostgresBackend(PgIndexMixin):
                 data = bytes(old) + data
                 content_type = content_type or current.content_type
                 if len(data) > self.max_file_bytes:
-                    raise FileTooLarge(
-                        f"appending would make {path!r} {len(data)} bytes; the "
-                        f"workspace limit is {self.max_file_bytes}"
-                    )
+                    raise too_large(path, len(data), self.max_file_bytes, appending=True)
             sha = hashlib.sha256(data).hexdigest()
             await conn.execute(
                 self._sql(
@@ -341,12 +292,11 @@ class PostgresBackend(PgIndexMixin):
         author: str | None = None,
         grant: Grant = FULL_ACCESS,
     ) -> FileInfo:
-        ws, path = clean_workspace_name(ws), clean_path(path)
-        grant.check(path, write=True)
+        ws, path = check_path(ws, path, grant, write=True)
         async with self._pool.acquire() as conn, conn.transaction():
             current = await self._lock(conn, ws, path)
             if current is None or current.deleted:
-                raise NotFound(f"no file {path!r} in workspace {ws!r}")
+                raise no_file(ws, path)
             return await self._commit(
                 conn,
                 ws,
@@ -397,17 +347,13 @@ class PostgresBackend(PgIndexMixin):
         author: str | None = None,
         grant: Grant = FULL_ACCESS,
     ) -> FileInfo:
-        ws, src, dst = clean_workspace_name(ws), clean_path(src), clean_path(dst)
-        grant.check(src, write=True)
-        grant.check(dst, write=True)
-        if src == dst:
-            raise InvalidInput("source and destination are the same path")
+        ws, src, dst = check_move(ws, src, dst, grant)
         first, second = sorted([src, dst])  # lock in a fixed order: no deadlocks
         async with self._pool.acquire() as conn, conn.transaction():
             locked = {p: await self._lock(conn, ws, p) for p in (first, second)}
             current = locked[src]
             if current is None or current.deleted:
-                raise NotFound(f"no file {src!r} in workspace {ws!r}")
+                raise no_file(ws, src)
             info = await self._commit(
                 conn,
                 ws,
@@ -458,19 +404,13 @@ class PostgresBackend(PgIndexMixin):
         expected_version: int | None,
         deleted: bool,
     ) -> FileInfo:
-        live = current is not None and not current.deleted
-        if expected_version is not None:
-            actual = current.version if live and current is not None else 0
-            if actual != expected_version:
-                have = "does not exist" if not actual else f"is at version {actual}"
-                raise Conflict(
-                    f"{path!r} {have}, but the write expected version "
-                    f"{expected_version}; nothing was changed -- read the current "
-                    "version and retry"
-                )
-        now = time.time()
-        version = (current.version if current else 0) + 1
-        state: IndexState = "skipped" if deleted or not is_indexable(content_type) else "pending"
+        nxt = next_version(
+            path,
+            current,
+            content_type=content_type,
+            deleted=deleted,
+            expected_version=expected_version,
+        )
         ctx = CallContext.current()
         await conn.execute(
             self._sql(
@@ -480,17 +420,16 @@ class PostgresBackend(PgIndexMixin):
             ),
             ws,
             path,
-            version,
+            nxt.version,
             sha,
             size,
             content_type,
             author,
             ctx.trace_id,
-            now,
+            nxt.updated_at,
             deleted,
-            state,
+            nxt.index_state,
         )
-        created = current.created_at if live and current is not None else now
         await conn.execute(
             self._sql(
                 "INSERT INTO {s}.files (ws, path, version, deleted, created_at, updated_at) "
@@ -501,35 +440,33 @@ class PostgresBackend(PgIndexMixin):
             ),
             ws,
             path,
-            version,
+            nxt.version,
             deleted,
-            created,
-            now,
+            nxt.created_at,
+            nxt.updated_at,
         )
         await conn.execute(self._sql("DELETE FROM {s}.chunks WHERE ws=$1 AND path=$2"), ws, path)
         info = FileInfo(
             ws,
             path,
-            version,
+            nxt.version,
             size,
             content_type,
             sha,
             author,
             ctx.trace_id,
-            created,
-            now,
+            nxt.created_at,
+            nxt.updated_at,
             deleted,
-            state,
+            nxt.index_state,
         )
-        kind = "file.deleted" if deleted else ("file.updated" if live else "file.created")
-        await self._event(conn, kind, info, ctx)
+        await self._event(conn, nxt.kind, info, ctx)
         return info
 
     async def _event(self, conn: Any, kind: str, info: FileInfo, ctx: CallContext) -> None:
         ident = f"{info.workspace}/{info.path}@{info.version}/{kind}"
         event_id = "evt_" + hashlib.sha256(ident.encode()).hexdigest()[:32]
-        data = {k: v for k, v in info.to_dict().items() if k != "sha256"}
-        payload = {"id": event_id, "type": kind, "timestamp": time.time(), "data": data}
+        payload, headers = event_record(event_id, kind, info, ctx)
         await conn.execute(
             self._sql(
                 "INSERT INTO {s}.outbox (event_id, type, ws, path, payload, headers, created_at) "
@@ -539,7 +476,7 @@ class PostgresBackend(PgIndexMixin):
             kind,
             info.workspace,
             info.path,
-            json.dumps(payload),
-            json.dumps(ctx.to_headers()),
+            payload,
+            headers,
             time.time(),
         )

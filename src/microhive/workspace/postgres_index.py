@@ -16,11 +16,9 @@ from numpy.typing import NDArray
 
 from microhive.context import CallContext
 from microhive.embeddings import Embedder
-from microhive.errors import InvalidInput
 from microhive.workspace.model import FULL_ACCESS, FileInfo, Grant, SearchHit
-from microhive.workspace.paths import clean_folder, clean_workspace_name
 from microhive.workspace.postgres_schema import COLS, row_info
-from microhive.workspace.search import KEYWORD_WEIGHT, highlight, query_terms, rrf
+from microhive.workspace.search import KEYWORD_WEIGHT, check_search, highlight, query_terms, rrf
 from microhive.workspace.text import chunk_text, extract_text
 from microhive.workspace.vectors import best_rows
 
@@ -131,13 +129,7 @@ class PgIndexMixin:
         grant: Grant = FULL_ACCESS,
         query_vector: NDArray[np.float32] | None = None,
     ) -> builtins.list[SearchHit]:
-        ws, folder_ = clean_workspace_name(ws), clean_folder(folder)
-        if mode not in ("hybrid", "keyword", "vector"):
-            raise InvalidInput(f"search mode must be one of hybrid, keyword, vector, got {mode!r}")
-        if not query.strip():
-            raise InvalidInput("search query is empty")
-        if not 1 <= limit <= 100:
-            raise InvalidInput("limit must be between 1 and 100")
+        ws, folder_ = check_search(ws, folder, query, mode=mode, limit=limit)
         types = tuple(content_types or ())
         terms = query_terms(query)
         where = "ws=$1"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from microhive.workspace.model import FileInfo
+from microhive.workspace.rules import FILE_COLUMNS, row_to_info
 
 __all__ = ["COLS", "DDL", "SCHEMA_NAME", "row_info"]
 
@@ -52,25 +51,6 @@ CREATE TABLE IF NOT EXISTS {s}.deliveries (
     created_at double precision NOT NULL, UNIQUE (webhook_id, event_id));
 CREATE INDEX IF NOT EXISTS deliveries_due ON {s}.deliveries (next_at) WHERE status = 'pending';
 """
-COLS = (
-    "v.ws, v.path, v.version, v.size, v.content_type, v.sha256, v.author, v.trace_id, "
-    "f.created_at, v.created_at, v.deleted, v.index_state, v.index_error"
-)
-
-
-def row_info(r: Any) -> FileInfo:
-    return FileInfo(
-        workspace=r[0],
-        path=r[1],
-        version=r[2],
-        size=r[3],
-        content_type=r[4],
-        sha256=r[5],
-        author=r[6],
-        trace_id=r[7],
-        created_at=r[8],
-        updated_at=r[9],
-        deleted=r[10],
-        index_state=r[11],
-        index_error=r[12],
-    )
+#: The shared column list and row mapper (the SQLite store uses the same).
+COLS = FILE_COLUMNS
+row_info = row_to_info

@@ -6,7 +6,22 @@ import re
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
-__all__ = ["KEYWORD_WEIGHT", "RRF_K", "fts_query", "highlight", "query_terms", "rrf"]
+from microhive.errors import InvalidInput
+from microhive.workspace.paths import clean_folder, clean_workspace_name
+
+__all__ = [
+    "KEYWORD_WEIGHT",
+    "RRF_K",
+    "SEARCH_MODES",
+    "check_search",
+    "fts_query",
+    "highlight",
+    "query_terms",
+    "rrf",
+]
+
+#: What ``mode`` may be: keyword only, embeddings only, or both fused.
+SEARCH_MODES = ("hybrid", "keyword", "vector")
 
 #: Reciprocal Rank Fusion constant. The textbook 60 suits long result lists; our
 #: lists are 50 candidates deep and the top few ranks carry the signal, so a
@@ -63,3 +78,17 @@ def highlight(text: str, terms: Sequence[str], *, width: int = 200) -> str:
     window = flat[start : start + width]
     marked = pattern.sub(lambda m: f"**{m.group(0)}**", window)
     return ("..." if start else "") + marked + ("..." if start + width < len(flat) else "")
+
+
+def check_search(
+    ws: str, folder: str | None, query: str, *, mode: str, limit: int
+) -> tuple[str, str]:
+    """Validate a search request the same way in every backend: clean (ws, folder)."""
+    ws, folder_ = clean_workspace_name(ws), clean_folder(folder)
+    if mode not in SEARCH_MODES:
+        raise InvalidInput(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if not query.strip():
+        raise InvalidInput("search query is empty")
+    if not 1 <= limit <= 100:
+        raise InvalidInput("limit must be between 1 and 100")
+    return ws, folder_
