@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -50,6 +49,7 @@ from microhive.orchestrator.messages import (
     task_msg_id,
     task_subject,
 )
+from microhive.orchestrator.options import RunOptions, project_folder
 from microhive.orchestrator.plan import Plan, PlanError, parse_plan
 from microhive.orchestrator.store import (
     RunEvent,
@@ -85,55 +85,6 @@ def _in_run(
     attrs = {RUN_ID_ATTRIBUTE: run.id, **(attributes or {}), **context_attributes(ctx)}
     with ctx.activate(), _tracer.start_as_current_span(name, attributes=attrs):
         yield
-
-
-class RunOptions:
-    """What ``POST /runs`` may set, checked: ``timeout``, ``budget_*``, ``models``."""
-
-    def __init__(
-        self,
-        *,
-        timeout: float | None = None,
-        budget_steps: int | None = None,
-        budget_tokens: int | None = None,
-        models: Mapping[str, str] | None = None,
-    ) -> None:
-        if timeout is not None and not 0 < timeout <= 7 * 86400:
-            raise InvalidInput(f"timeout must be between 0 and 604800 seconds, got {timeout}")
-        for name, value in (("budget_steps", budget_steps), ("budget_tokens", budget_tokens)):
-            if value is not None and value < 1:
-                raise InvalidInput(f"{name} must be a positive whole number, got {value}")
-        self.timeout = timeout
-        self.budget_steps = budget_steps
-        self.budget_tokens = budget_tokens
-        self.models = dict(models or {})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> RunOptions:
-        data = dict(data or {})
-        unknown = set(data) - {"timeout", "budget_steps", "budget_tokens", "models"}
-        if unknown:
-            raise InvalidInput(f"unknown run options: {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise InvalidInput(f"bad run options: {exc}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "timeout": self.timeout,
-            "budget_steps": self.budget_steps,
-            "budget_tokens": self.budget_tokens,
-            "models": self.models,
-        }
-
-
-def project_folder(goal: str, run_id: str) -> str:
-    """``projects/<slug of the goal>-<run id prefix>``: readable and unique."""
-    words = re.findall(r"[a-z0-9]+", goal.lower())
-    stop = {"a", "an", "the", "and", "or", "of", "about", "on", "for", "to", "write", "brief"}
-    slug = "-".join(w for w in words if w not in stop)[:40].strip("-") or "run"
-    return f"projects/{slug}-{run_id[:8]}"
 
 
 class Orchestrator:
