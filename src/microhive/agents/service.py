@@ -19,6 +19,7 @@ the bus metrics (``microhive_bus_pending_messages``: the role's queue depth).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from microhive.agents.loop import Toolbox
@@ -29,22 +30,15 @@ from microhive.errors import ConfigError
 from microhive.models import open_model
 from microhive.models.base import ModelProvider
 from microhive.orchestrator.messages import TaskMessage
-from microhive.service import Service, ServiceContext
+from microhive.service import Service, ServiceContext, service_url
 from microhive.tracing import register_call_metrics
 
 __all__ = ["create_service", "gateway_url"]
 
 
-def gateway_url(mesh: MeshConfig, name: str) -> str:
+def gateway_url(mesh: MeshConfig, name: str, state_dir: Path | None = None) -> str:
     """The MCP endpoint of the mesh's gateway service ``name``."""
-    spec = mesh.service(name)
-    if spec.port is None:
-        raise ConfigError(
-            f"the gateway service {name!r} needs a fixed port so workers can reach it",
-            field=f"services.{name}.port",
-        )
-    host = spec.host or mesh.host
-    return f"http://{host}:{spec.port}/mcp"
+    return service_url(mesh, kind="gateway", name=name, state_dir=state_dir) + "/mcp"
 
 
 def create_service(ctx: ServiceContext) -> Service:
@@ -63,7 +57,7 @@ def create_service(ctx: ServiceContext) -> Service:
     if settings:
         raise ConfigError(f"unknown keys {', '.join(sorted(settings))}", field=where)
     role_spec = mesh.roles[role]
-    url = gateway_url(mesh, gateway) if gateway else None
+    url = gateway_url(mesh, gateway, ctx.state_dir) if gateway else None
     token = _role_token(role_spec.token_env)
 
     service = Service(ctx)

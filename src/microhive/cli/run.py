@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -25,10 +26,12 @@ from microhive.cli._common import (
     JsonOption,
     err,
     fail,
+    handle_errors,
     load_mesh,
     out,
 )
 from microhive.config import MeshConfig
+from microhive.service import STATE_DIR, service_url
 
 __all__ = ["app", "follow_run", "orchestrator_url", "show_run"]
 
@@ -44,15 +47,12 @@ _STYLE = {
 }
 
 
-def orchestrator_url(mesh: MeshConfig, name: str | None = None) -> str:
-    """The base URL of the mesh's orchestrator service."""
-    names = [name] if name else [n for n, s in mesh.services.items() if s.kind == "orchestrator"]
-    if not names or names[0] not in mesh.services:
-        fail("the mesh has no orchestrator service (add one of kind: orchestrator)", 2)
-    spec = mesh.services[names[0]]
-    if spec.port is None:
-        fail(f"the orchestrator service {names[0]!r} needs a fixed port in the mesh file", 2)
-    return f"http://{spec.host or mesh.host}:{spec.port}"
+def orchestrator_url(mesh: MeshConfig, name: str | None, mesh_file: Path) -> str:
+    """The base URL of the mesh's orchestrator service (its running port, else its fixed one)."""
+    with handle_errors():
+        return service_url(
+            mesh, kind="orchestrator", name=name, state_dir=mesh_file.parent / STATE_DIR
+        )
 
 
 def _events(client: httpx.Client, run_id: str) -> Iterator[dict[str, Any]]:
@@ -154,8 +154,8 @@ def run_command(
     as_json: JsonOption = False,
 ) -> None:
     """Give the running mesh a goal and show its progress live."""
-    mesh, _ = load_mesh(file)
-    base = orchestrator_url(mesh, orchestrator)
+    mesh, mesh_file = load_mesh(file)
+    base = orchestrator_url(mesh, orchestrator, mesh_file)
     options: dict[str, Any] = {}
     if timeout:
         options["timeout"] = timeout

@@ -26,6 +26,7 @@ from rich.table import Table
 from microhive.cli._common import FileOption, JsonOption, handle_errors, out, print_json
 from microhive.config import find_config, load_config
 from microhive.errors import InvalidInput, ServiceUnavailable, UpstreamError
+from microhive.service import STATE_DIR, mesh_token, service_url
 
 __all__ = ["app", "find_gateway_url"]
 
@@ -46,18 +47,8 @@ VersionOption = Annotated[str, typer.Option("--version", help="Version label of 
 def find_gateway_url(mesh_file: Path, service: str | None = None) -> tuple[str, str | None]:
     """The base URL of a mesh's gateway service and the mesh token (``None`` if unset)."""
     mesh = load_config(mesh_file)
-    names = [n for n, s in mesh.services.items() if s.kind == "gateway"]
-    name = service or (names[0] if names else None)
-    if name is None or name not in mesh.services:
-        raise InvalidInput(f"{mesh_file}: no gateway service (kind: gateway) to talk to")
-    spec = mesh.services[name]
-    port_file = mesh_file.parent / ".microhive" / "ports" / f"{name}-0.port"
-    port = int(port_file.read_text()) if port_file.exists() else spec.port
-    if not port:
-        raise ServiceUnavailable(f"service {name!r} is not running (no port file {port_file})")
-    host = spec.host or mesh.host
-    token = os.environ.get(mesh.security.token_env) if mesh.security.token_env else None
-    return f"http://{host}:{port}", token
+    url = service_url(mesh, kind="gateway", name=service, state_dir=mesh_file.parent / STATE_DIR)
+    return url, mesh_token(mesh)
 
 
 def _target(file: Path | None, url: str | None, service: str | None) -> tuple[str, str | None]:

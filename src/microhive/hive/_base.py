@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from microhive.bus import Bus, Delivery, Subscription, bus_from_spec, register_bus_metrics
-from microhive.errors import InvalidInput, ServiceUnavailable
+from microhive.errors import InvalidInput, MicrohiveError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -246,13 +246,13 @@ def file_source(ctx: ServiceContext) -> FileSource:
     root = workspace_root(ctx)
     if ctx.spec.settings.get("root"):
         return FileSource(root)
-    for spec in ctx.mesh.services.values():
-        if spec.kind == "workspace" and spec.port is not None:
-            host = spec.host or ctx.mesh.host
-            if host in ("0.0.0.0", "::"):
-                host = "127.0.0.1"
-            return FileSource(root, f"http://{host}:{spec.port}", ctx.token)
-    return FileSource(root)
+    from microhive.service import service_url
+
+    try:
+        url = service_url(ctx.mesh, kind="workspace", state_dir=ctx.state_dir)
+    except MicrohiveError:  # no workspace service (or not reachable by port): the folder
+        return FileSource(root)
+    return FileSource(root, url, ctx.token)
 
 
 def workspace_root(ctx: ServiceContext) -> Path:

@@ -9,7 +9,13 @@ and the bearer token, limits body sizes, and shuts down gracefully; see
 """
 
 from microhive.service._app import DEFAULT_MAX_BODY_BYTES, Hook, ReadyCheck, Service
-from microhive.service._context import ServiceContext
+from microhive.service._context import (
+    STATE_DIR,
+    ServiceContext,
+    mesh_token,
+    port_file,
+    service_url,
+)
 from microhive.service._errors import error_response, json_error, status_for
 from microhive.service._logging import JsonFormatter, configure_logging
 from microhive.service._metrics import ServiceMetrics
@@ -31,6 +37,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_PORT_IN_USE",
+    "STATE_DIR",
     "Hook",
     "JsonFormatter",
     "ReadyCheck",
@@ -42,8 +49,11 @@ __all__ = [
     "configure_logging",
     "error_response",
     "json_error",
+    "mesh_token",
+    "port_file",
     "resolve_factory",
     "run_app",
     "serve_service",
+    "service_url",
     "status_for",
 ]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microhive.config import MeshConfig, ServiceSpec
-from microhive.errors import ConfigError, UsageError
+from microhive.errors import ConfigError, ServiceUnavailable, UsageError
 
-__all__ = ["DEFAULT_HOST", "STATE_DIR", "ServiceContext"]
+__all__ = ["DEFAULT_HOST", "STATE_DIR", "ServiceContext", "mesh_token", "port_file", "service_url"]
 
 DEFAULT_HOST = "127.0.0.1"
 STATE_DIR = Path(".microhive")
@@ -81,7 +81,45 @@ class ServiceContext:
     @property
     def port_file(self) -> Path:
         """Where the runner writes the port this replica actually listens on."""
-        return self.state_dir / "ports" / f"{self.name}-{self.replica}.port"
+        return port_file(self.state_dir, self.name, self.replica)
+
+
+def port_file(state_dir: Path, name: str, replica: int = 0) -> Path:
+    """Where the runner writes the port replica ``replica`` of ``name`` listens on."""
+    return state_dir / "ports" / f"{name}-{replica}.port"
+
+
+def service_url(
+    mesh: MeshConfig, *, kind: str, name: str | None = None, state_dir: Path | None = None
+) -> str:
+    """``http://host:port`` of the mesh's service ``name`` (default: the first of ``kind``).
+
+    The port is the one the running replica 0 wrote to its port file under
+    ``state_dir`` when there is one, else the mesh file's fixed port. A wildcard
+    bind address is reached on loopback.
+    """
+    names = [n for n, s in mesh.services.items() if s.kind == kind]
+    chosen = name or (names[0] if names else None)
+    if chosen is None or chosen not in mesh.services:
+        raise UsageError(f"the mesh has no {kind} service (add one of kind: {kind})")
+    spec = mesh.services[chosen]
+    written = port_file(state_dir, chosen) if state_dir is not None else None
+    port = int(written.read_text().strip() or 0) if written and written.exists() else spec.port
+    if not port:
+        where = f" (no port file {written})" if written is not None else ""
+        raise ServiceUnavailable(f"service {chosen!r} has no fixed port and is not running{where}")
+    host = spec.host or mesh.host or DEFAULT_HOST
+    if host in ("0.0.0.0", "::"):
+        host = DEFAULT_HOST
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def mesh_token(mesh: MeshConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The service-to-service token a client of the mesh sends (``None``: auth is off)."""
+    var = mesh.security.token_env
+    return (os.environ if env is None else env).get(var) if var else None
 
 
 def _token(mesh: MeshConfig, path: Path | None, env: Mapping[str, str]) -> str | None:

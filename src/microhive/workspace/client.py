@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,20 +33,11 @@ _ERRORS: dict[int, type[MicrohiveError]] = {
 def find_workspace_url(mesh_file: Path, service: str | None = None) -> tuple[str, str | None]:
     """The URL of a mesh's workspace service and the mesh token (``None`` if unset)."""
     from microhive.config import load_config
+    from microhive.service import STATE_DIR, mesh_token, service_url
 
     mesh = load_config(mesh_file)
-    names = [n for n, s in mesh.services.items() if s.kind == "workspace"]
-    name = service or (names[0] if names else None)
-    if name is None or name not in mesh.services:
-        raise InvalidInput(f"{mesh_file}: no workspace service (kind: workspace) to talk to")
-    spec = mesh.services[name]
-    port_file = mesh_file.parent / ".microhive" / "ports" / f"{name}-0.port"
-    port = int(port_file.read_text()) if port_file.exists() else spec.port
-    if not port:
-        raise ServiceUnavailable(f"service {name!r} is not running (no port file {port_file})")
-    host = spec.host or mesh.host
-    token = os.environ.get(mesh.security.token_env) if mesh.security.token_env else None
-    return f"http://{host}:{port}", token
+    url = service_url(mesh, kind="workspace", name=service, state_dir=mesh_file.parent / STATE_DIR)
+    return url, mesh_token(mesh)
 
 
 class WorkspaceClient:
