@@ -60,6 +60,13 @@ def postgres_url() -> str:
     return f"postgresql://postgres@{host}:{port}/test"
 
 
+def free_port() -> int:
+    """A port on loopback nobody listens on right now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def wait_for(
     condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> object:

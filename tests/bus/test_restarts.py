@@ -23,14 +23,9 @@ import pytest
 from microhive.bus import open_bus
 from microhive.errors import RuntimeFailure
 from tests.bus.bushelp import Collector, eventually
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def reachable(port: int) -> bool:

@@ -21,16 +21,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from microhive.mcp.gateway import Gateway, GatewayHTTP, GatewaySettings, RoleAuth
 from microhive.mcp.registry import Registry, RegistryStore, UpstreamSpec
+from tests.conftest import free_port
 
 from .upstream_server import build
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

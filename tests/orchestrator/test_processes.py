@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,23 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
 TASKS = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Mesh:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         plan = {
             "tasks": [
@@ -87,7 +80,7 @@ services:
         args = [sys.executable, "-m", "microhive", "serve", name, "--replica", str(replica)]
         args += ["-f", str(self.root / "microhive.yaml")]
         if name != "orchestrator":
-            args += ["--port", str(_free_port())]
+            args += ["--port", str(free_port())]
         self.procs[key] = subprocess.Popen(
             args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
         )

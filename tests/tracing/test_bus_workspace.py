@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -37,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from tests.bus.conftest import drop_nats_namespace, drop_redis_namespace
+from tests.conftest import free_port
 from tests.workspace.wshelp import Server, eventually
 
 from microhive.bus import Delivery, open_bus, register_bus_metrics
@@ -245,12 +245,6 @@ async def test_metrics_show_queue_depth_and_handlers_in_flight(any_bus_url: str)
 # ------------------------------------------------------------ the workspace
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(folder: Path, name: str) -> subprocess.Popen[bytes]:
     """``microhive serve NAME`` in ``folder``, as the supervisor starts it."""
     with open(folder / f"{name}.log", "ab") as log:
@@ -282,7 +276,7 @@ async def test_a_workspace_write_event_and_webhook_are_in_the_writers_trace(
     server = await Server(
         Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
     ).start()
-    port = _free_port()
+    port = free_port()
     store = f"sqlite:///{tmp_path / 'traces.db'}"
     bus = f"embedded://{tmp_path / 'bus'}"
     (tmp_path / "microhive.yaml").write_text(

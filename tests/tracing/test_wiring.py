@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from mcp import Client
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 from microhive.context import CallContext
 from microhive.tracing import StoredSpan, TraceStore
@@ -47,19 +46,13 @@ def add(a: int, b: int) -> int:
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Mesh:
     """A mesh folder and its service processes (SIGTERM on stop: spans are flushed)."""
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.env = {**os.environ, **(env or {})}
-        self.ports = {name: _free_port() for name in ("orchestrator", "researcher", "calc")}
+        self.ports = {name: free_port() for name in ("orchestrator", "researcher", "calc")}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         plan = {"tasks": [{"id": "sum", "role": "researcher", "instruction": "add 2 and 3"}]}
         (root / "planner.json").write_text(json.dumps({"replies": [json.dumps(plan)]}))

@@ -23,7 +23,9 @@ import pytest
 import yaml
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from .wshelp import Receiver, Server, eventually, free_port
+from tests.conftest import free_port
+
+from .wshelp import Receiver, Server, eventually
 
 _LAUNCH = (
     "import sys; from microhive.service import serve_service; "

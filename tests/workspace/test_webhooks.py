@@ -11,8 +11,9 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from microhive.errors import InvalidInput, TargetRefused
 from microhive.workspace import Workspace
+from tests.conftest import free_port
 
-from .wshelp import Receiver, Server, eventually, free_port, settings
+from .wshelp import Receiver, Server, eventually, settings
 
 Serve = Callable[..., Awaitable[Server]]
 

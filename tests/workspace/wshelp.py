@@ -97,12 +97,6 @@ class Receiver:
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Run ``app`` with uvicorn in a thread (for sync clients such as the CLI)."""
