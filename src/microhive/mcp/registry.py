@@ -30,7 +30,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from microhive.config.model import MeshConfig
-from microhive.errors import ConfigError, InvalidInput, NotFound
+from microhive.errors import ConfigError, InvalidInput, NotFound, ServiceUnavailable
+from microhive.service import service_url
 
 __all__ = [
     "TOOL_KINDS",
@@ -118,22 +119,17 @@ def specs_from_mesh(
     for name, svc in mesh.services.items():
         opts = svc.settings
         is_tool = svc.kind in TOOL_KINDS or opts.get("mcp") is True
-        port = svc.port
-        port_file = state_dir / "ports" / f"{name}-0.port" if state_dir else None
-        if port is None and port_file is not None and port_file.exists():
-            port = int(port_file.read_text().strip() or 0) or None
-        if not is_tool or opts.get("gateway") is False or port is None:
+        if not is_tool or opts.get("gateway") is False:
             continue
-        host = svc.host or mesh.host
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
+        try:
+            base = service_url(mesh, kind=svc.kind, name=name, state_dir=state_dir)
+        except ServiceUnavailable:  # no fixed port and not running yet
+            continue
         path = str(opts.get("mcp_path", "/mcp"))
         specs.append(
             UpstreamSpec(
                 namespace=str(opts.get("namespace", name)),
-                url=f"http://{host}:{port}{path}",
+                url=f"{base}{path}",
                 version=str(opts.get("version", "")),
                 service=name,
                 source="mesh",
