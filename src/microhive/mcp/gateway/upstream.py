@@ -34,6 +34,7 @@ from pydantic import TypeAdapter
 
 from microhive.errors import InvalidInput, ServiceUnavailable, UpstreamError
 
+from ..pooled_http import PooledHTTPTransport
 from ..registry import UpstreamSpec
 
 __all__ = ["UpstreamPool"]
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: JSON-RPC "server error" range code used for an unreachable upstream.
 UNREACHABLE = -32001
+#: Idle connections are dropped before the server does (uvicorn: 5 s), so a request is
+#: never written to a connection the server is closing at that moment.
 KEEPALIVE = 3.0
 _CALLER_MISTAKES = frozenset({types.INVALID_PARAMS, types.INVALID_REQUEST, types.METHOD_NOT_FOUND})
 #: The forwarding path keeps a result in its wire form: the SDK has already checked it
@@ -57,8 +60,11 @@ class _FailSoftTransport(httpx2.AsyncBaseTransport):
     request; a raised ``ConnectError`` would instead tear down the session.
     """
 
-    def __init__(self, limits: httpx2.Limits) -> None:
-        self._inner = httpx2.AsyncHTTPTransport(limits=limits)
+    def __init__(self) -> None:
+        # the lean keep-alive transport: the gateway's hop is mostly HTTP client work
+        self._inner = PooledHTTPTransport(
+            max_connections=256, max_keepalive=64, keepalive_expiry=KEEPALIVE
+        )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         try:
@@ -144,14 +150,9 @@ class UpstreamPool:
 
     async def _session(self) -> None:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        # Drop idle connections before the server does (uvicorn: 5 s), so a request is
-        # never written to a connection the server is closing at that moment.
-        limits = httpx2.Limits(
-            max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE
-        )
         async with AsyncExitStack() as stack:
             http = httpx2.AsyncClient(
-                transport=_FailSoftTransport(limits),
+                transport=_FailSoftTransport(),
                 headers=headers,
                 timeout=httpx2.Timeout(30.0, connect=self._connect_timeout, read=300.0),
             )
