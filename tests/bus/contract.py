@@ -11,12 +11,13 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import pytest
 
 from microhive.bus import Bus, Delivery, Start, open_bus
 from microhive.context import CallContext
-from microhive.errors import InvalidInput, ServiceUnavailable
+from microhive.errors import DeadlineExceeded, InvalidInput, ServiceUnavailable
 from tests.bus.bushelp import Collector, eventually
 
 FAST = (0.05, 0.1, 0.2)
@@ -329,6 +330,78 @@ class BusContract:
         assert item["subject"] == "dlq.cycle.b"
         assert item["headers"]["microhive-dlq-code"] == "hop_limit"
         assert CallContext.from_headers(item["headers"]).trace_id == ctx.trace_id
+
+    async def test_each_publish_carries_its_own_context(self, bus: Bus) -> None:
+        got = Collector()
+        await bus.subscribe("own.x", got)
+        a = CallContext.from_headers(
+            {"traceparent": f"00-{'a' * 32}-b7ad6b7169203331-01", "microhive-hops": "5"}
+        )
+        b = CallContext.from_headers(
+            {"traceparent": f"00-{'b' * 32}-b7ad6b7169203331-01", "microhive-hops": "9"}
+        )
+        for ctx in (a, b, None, a, a, b):
+            if ctx is None:
+                await bus.publish("own.x", b"none")
+            else:
+                with ctx.activate():
+                    await bus.publish("own.x", b"ctx")
+        items = await got.wait(6)
+        assert [i["hops"] for i in items] == [4, 8, 15, 4, 4, 8]
+        traces = [i["trace_id"] for i in items]
+        assert traces[:2] + traces[3:] == ["a" * 32, "b" * 32, "a" * 32, "a" * 32, "b" * 32]
+        assert traces[2] not in ("a" * 32, "b" * 32)
+
+    async def test_a_deadline_is_checked_on_every_publish(self, bus: Bus) -> None:
+        deadline = time.time() + 0.3
+        ctx = CallContext.new(deadline=deadline)
+        with ctx.activate():
+            await bus.publish("late.x", b"in time")
+            await eventually(lambda: time.time() > deadline, what="the deadline to pass")
+            with pytest.raises(DeadlineExceeded):
+                await bus.publish("late.x", b"too late")
+
+    async def test_a_handler_changes_no_other_handlers_context(self, bus: Bus) -> None:
+        marker: ContextVar[bytes | None] = ContextVar("marker", default=None)
+        seen: list[tuple[bytes | None, int]] = []
+
+        async def meddle(msg: Delivery) -> None:
+            seen.append((marker.get(), CallContext.current().hops))
+            marker.set(msg.data)  # never reset, on purpose
+
+        sub = await bus.subscribe("meddle.x", meddle)
+        for i in range(4):
+            await bus.publish("meddle.x", str(i))
+        await eventually(lambda: sub.acked == 4, what="four handled")
+        assert seen == [(None, 15)] * 4
+
+    async def test_many_distinct_contexts_each_reach_their_handler(self, bus: Bus) -> None:
+        got = Collector()
+        await bus.subscribe("many.x", got, concurrency=16)
+        traces = [f"{i:032x}" for i in range(1, 301)]
+        for i, trace_id in enumerate(traces):
+            tp = f"00-{trace_id}-b7ad6b7169203331-01"
+            hops = str(2 + i % 7)
+            await bus.publish("many.x", hops, headers={"traceparent": tp, "microhive-hops": hops})
+        items = await got.wait(300)
+        assert sorted(i["trace_id"] for i in items) == traces
+        assert all(i["hops"] == int(i["data"]) for i in items)
+
+    async def test_closing_cancels_a_handler_past_the_grace_and_frees_its_slot(
+        self, bus: Bus
+    ) -> None:
+        started = asyncio.Event()
+
+        async def forever(msg: Delivery) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        sub = await bus.subscribe("stuck.x", forever, concurrency=2)
+        await bus.publish("stuck.x", b"job")
+        await asyncio.wait_for(started.wait(), 10)
+        assert sub.in_flight == 1
+        await sub.aclose(grace=0.1)
+        assert sub.in_flight == 0 and sub.acked == 0
 
     async def test_closed_bus_refuses_work(self, url: str) -> None:
         bus = open_bus(url)

@@ -71,6 +71,7 @@ class Bus(ABC):
         self.dedup_window = dedup_window
         self.max_deliveries = max_deliveries
         self._subscriptions: set[Subscription] = set()
+        self._last_hop: tuple[CallContext, CallContext, dict[str, str]] | None = None
         self._started = False
         self._closed = False
 
@@ -88,7 +89,10 @@ class Bus(ABC):
     async def _store(
         self, subject: str, data: bytes, headers: dict[str, str], msg_id: str
     ) -> PublishAck:
-        """Store durably (deduplicating ``msg_id`` within the window), then return."""
+        """Store durably (deduplicating ``msg_id`` within the window), then return.
+
+        ``headers`` is a dict made for this call: the backend may change it.
+        """
 
     @abstractmethod
     async def _open_feed(self, spec: ConsumerSpec) -> Feed:
@@ -155,17 +159,17 @@ class Bus(ABC):
         subject = validate_subject(subject)
         msg_id = uuid.uuid4().hex if msg_id is None else validate_msg_id(msg_id)
         data, content_type = encode_payload(payload)
-        hop = CallContext.current().next_hop()
-        merged = hop.to_headers()
-        if merged.get(HEADER_MAX_HOPS) == _DEFAULT_MAX_HOPS:
-            del merged[HEADER_MAX_HOPS]  # the default: decoding restores it; smaller on the wire
+        hop, merged = self._next_hop()
         if content_type is not None:
             merged[CONTENT_TYPE] = content_type
-        extra = validate_headers(headers)
-        merged.update(extra)
-        explicit = any(k in CONTEXT_HEADERS for k in extra)
-        if explicit:
-            hop = CallContext.from_headers(merged)  # malformed context headers -> InvalidContext
+        explicit = False
+        extra: dict[str, str] = {}
+        if headers is not None:
+            extra = validate_headers(headers)
+            merged.update(extra)
+            explicit = any(k in CONTEXT_HEADERS for k in extra)
+            if explicit:  # malformed context headers -> InvalidContext
+                hop = CallContext.from_headers(merged)
         merged[HEADER_MSG_ID] = msg_id
         if not tracing_on():
             return await self._store(subject, data, merged, msg_id)
@@ -186,6 +190,25 @@ class Bus(ABC):
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    def _next_hop(self) -> tuple[CallContext, dict[str, str]]:
+        """The current call context one hop on, and its headers (a fresh dict).
+
+        Publishes in a row usually share their context (a handler's, or none), so
+        the last one's headers are reused while the context is equal and has no
+        deadline (a deadline is checked on every publish).
+        """
+        ctx = CallContext.current()
+        last = self._last_hop
+        if last is not None and (last[0] is ctx or last[0] == ctx):
+            return last[1], last[2].copy()
+        hop = ctx.next_hop()
+        wire = hop.to_headers()
+        if wire.get(HEADER_MAX_HOPS) == _DEFAULT_MAX_HOPS:
+            del wire[HEADER_MAX_HOPS]  # the default: decoding restores it; smaller on the wire
+        if ctx.deadline is None:
+            self._last_hop = (ctx, hop, wire.copy())
+        return hop, wire
 
     async def subscribe(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -57,13 +58,14 @@ if TYPE_CHECKING:
 __all__ = ["CONTEXT_HEADERS", "DLQ_PREFIX", "Delivery", "Handler", "Subscription"]
 
 log = logging.getLogger("microhive.bus")
-log = logging.getLogger("microhive.bus")
 
 DLQ_PREFIX = "dlq."
 _HISTORY_KEEP = 20
 _HISTORY_TRACKED = 10_000
 #: Seconds a consumer's backlog figure (``Subscription.stats()``) is reused before a refresh.
 _PENDING_TTL = 1.0
+#: Distinct call contexts a subscription keeps ready to run handlers in (see ``_context_for``).
+_CONTEXTS_KEPT = 256
 _NO_CONTEXT = CallContext()
 
 Handler = Callable[["Delivery"], Awaitable[None]]
@@ -196,6 +198,10 @@ class Subscription:
         self._room.set()
         self._closing = False
         self._history: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+        self._contexts: dict[
+            tuple[str | None, ...],
+            tuple[CallContext, InvalidContext | None, contextvars.Context],
+        ] = {}
         self._runner: asyncio.Task[None] | None = None
         self._backlog: tuple[int | None, int | None] = (None, None)
         self._backlog_at = -_PENDING_TTL
@@ -274,9 +280,11 @@ class Subscription:
 
     async def _run(self) -> None:
         pause = 0.05
+        loop = asyncio.get_running_loop()
+        tasks = self._tasks
         while not self._closing:
             await self._room.wait()
-            free = self._concurrency - len(self._tasks)
+            free = self._concurrency - len(tasks)
             try:
                 batch = await self._feed.fetch(free, max_wait=1.0)
             except asyncio.CancelledError:
@@ -287,44 +295,67 @@ class Subscription:
                 pause = min(pause * 2, 2.0)
                 continue
             pause = 0.05
+            if not batch:
+                continue
             for receipt in batch:
                 self.received += 1
-                task = asyncio.create_task(self._process_safely(receipt))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
-            if self._concurrency - len(self._tasks) < self._low_water:
+                ctx, malformed, runs_in = self._context_for(receipt.headers)
+                tasks.add(
+                    loop.create_task(self._process(receipt, ctx, malformed), context=runs_in.copy())
+                )
+            # Let the handlers just started take their first step: quick ones finish
+            # (and queue their acks) now, so the next fetch request leaves with the acks.
+            await asyncio.sleep(0)
+            if self._concurrency - len(tasks) < self._low_water:
                 self._room.clear()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._concurrency - len(self._tasks) >= self._low_water:
+    def _release(self, task: asyncio.Task[Any] | None) -> None:
+        tasks = self._tasks
+        tasks.discard(task)
+        if self._concurrency - len(tasks) >= self._low_water:
             self._room.set()
 
-    async def _process_safely(self, r: Receipt) -> None:
-        # Decoding, the span and the delivery in one coroutine: this runs per message.
+    def _context_for(
+        self, headers: Mapping[str, str]
+    ) -> tuple[CallContext, InvalidContext | None, contextvars.Context]:
+        """A delivery's call context, and the contextvars its handler task runs in.
+
+        Those are this consumer's own (what a task created here would copy) with
+        the call context activated -- ours and OpenTelemetry's -- so the handler
+        sees it as current without an ``activate()`` per message. Events of one
+        trace share their carrier values: both are kept per distinct values.
+        """
+        key = tuple(map(headers.get, _CONTEXT_KEYS))
+        ready = self._contexts.get(key)
+        if ready is not None:
+            return ready
         try:
-            try:
-                ctx: CallContext = _decode_context(r.headers)
-                malformed: InvalidContext | None = None
-            except InvalidContext as exc:
-                ctx, malformed = _NO_CONTEXT, exc
+            ctx, malformed = _decode_cached(key), None
+        except InvalidContext as exc:  # not kept: the dead letter names this message's error
+            return _NO_CONTEXT, exc, contextvars.copy_context().run(_activated, _NO_CONTEXT)
+        ready = (ctx, malformed, contextvars.copy_context().run(_activated, ctx))
+        if len(self._contexts) >= _CONTEXTS_KEPT:
+            del self._contexts[next(iter(self._contexts))]
+        self._contexts[key] = ready
+        return ready
+
+    async def _process(
+        self, r: Receipt, ctx: CallContext, malformed: InvalidContext | None
+    ) -> None:
+        # Runs per message, in the context _context_for made (the call context is current).
+        try:
             if not tracing_on():
-                with ctx.activate():
-                    await self._deliver(r, ctx, malformed, None)
+                await self._deliver(r, ctx, malformed, None)
                 return
-            # The span opens inside the activated context: activating after would hide it.
-            with (
-                ctx.activate(),
-                process_span(
-                    self.bus.scheme,
-                    r.subject,
-                    r.headers,
-                    message_id=r.msg_id,
-                    consumer_group=self.queue,
-                    delivery_attempt=r.deliveries,
-                    ctx=ctx if malformed is None else None,
-                ) as span,
-            ):
+            with process_span(
+                self.bus.scheme,
+                r.subject,
+                r.headers,
+                message_id=r.msg_id,
+                consumer_group=self.queue,
+                delivery_attempt=r.deliveries,
+                ctx=ctx if malformed is None else None,
+            ) as span:
                 span.set("microhive.consumer", self.spec.name)
                 await self._deliver(r, ctx, malformed, span)
         except asyncio.CancelledError:
@@ -333,6 +364,8 @@ class Subscription:
             raise
         except Exception:  # settling failed (backend down): the lease expires, redelivery
             log.exception("bus consumer %s: could not settle %s", self.spec.name, r.msg_id)
+        finally:
+            self._release(asyncio.current_task())
 
     async def _deliver(
         self,
@@ -467,6 +500,7 @@ class Subscription:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+            self._tasks.clear()  # a task cancelled before its first step never released its slot
         await self._feed.aclose(delete=not self.spec.durable)
         self.bus._subscriptions.discard(self)
 
@@ -491,13 +525,10 @@ def _decode_cached(values: tuple[str | None, ...]) -> CallContext:
     )
 
 
-def _decode_context(headers: Mapping[str, str]) -> CallContext:
-    """Decode the call context of a delivery.
-
-    Events of one trace share their carrier values, and decoding runs the
-    OpenTelemetry propagator; the (immutable) result is cached by those values.
-    """
-    return _decode_cached(tuple(headers.get(k) for k in _CONTEXT_KEYS))
+def _activated(ctx: CallContext) -> contextvars.Context:
+    """The current contextvars with ``ctx`` active (call it inside a copy it may change)."""
+    with ctx.activate():
+        return contextvars.copy_context()
 
 
 def _with_parent(ctx: CallContext, span: TracedSpan) -> CallContext:
