@@ -159,9 +159,12 @@ class CallContext:
         Outside any :meth:`activate` block this is a fresh default context.
         """
         ctx = _current.get()
-        if ctx is None:
-            return cls.new()
         span_ctx = trace.get_current_span().get_span_context()
+        if ctx is None:
+            # Outside any context and span every fresh default is equal (the carrier
+            # keeps trace keys only): share one, it is immutable, instead of building
+            # it and running the propagator each time.
+            return cls.new() if span_ctx.is_valid else _DEFAULT
         if span_ctx.is_valid:
             return replace(ctx, trace=_trace_carrier_from())
         return ctx
@@ -292,6 +295,10 @@ class CallContext:
             values["max_hops"] = max(DEFAULT_MAX_HOPS, values.get("hops", 0))
         values.setdefault("hops", values["max_hops"])
         return cls(trace=trace_carrier, **values)
+
+
+#: The context outside any request, event or span (see :meth:`CallContext.current`).
+_DEFAULT = CallContext()
 
 
 def _trace_from(carrier: Mapping[str, str]) -> dict[str, str]:
