@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,10 @@ from microhive.bus import Bus, open_bus
 from microhive.context import CallContext
 from microhive.models.base import ModelProvider
 from microhive.models.scripted import Reply, ScriptedModel
-from microhive.models.types import ToolCall
+from microhive.models.types import ChatRequest, ChatResult, ToolCall
 from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
 from microhive.orchestrator.engine import Orchestrator, RunOptions
+from microhive.orchestrator.messages import TaskEvent, run_subject
 
 ROLES = {"researcher": "finds material", "writer": "writes the brief"}
 
@@ -118,6 +122,75 @@ async def test_plan_runs_in_dependency_order_and_succeeds(bus: Bus, store: Workf
         # The idempotency key is derived from the sub-task, so a redo is applied once.
         assert tasks["write"].result is not None
     finally:
+        await _close(orch, workers)
+
+
+class _GatedModel(ScriptedModel):
+    """Answers only once the gate opens: keeps a sub-task in flight while a test looks."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__(["written"], cycle=True)
+        self.gate = gate
+
+    async def _chat(self, request: ChatRequest) -> ChatResult:
+        await self.gate.wait()
+        return await super()._chat(request)
+
+
+async def _eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_worker_news_that_arrives_twice_is_applied_and_recorded_once(
+    bus: Bus, store: WorkflowStore
+) -> None:
+    plan = {
+        "tasks": [
+            {"id": "a", "role": "researcher", "instruction": "dig"},
+            {"id": "b", "role": "writer", "instruction": "write", "depends_on": ["a"]},
+        ]
+    }
+    gate = asyncio.Event()
+    orch, workers = await _mesh(
+        bus,
+        store,
+        ScriptedModel([json.dumps(plan)]),
+        {"researcher": ScriptedModel(["found it"]), "writer": _GatedModel(gate)},
+    )
+    try:
+        run = await orch.submit("twice")
+
+        async def b_in_flight() -> bool:
+            tasks = {t.id: t.status for t in await store.get_tasks(run.id)}
+            return tasks.get("b") in (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
+
+        await _eventually(b_in_flight, "b dispatched after a finished")
+        assert orch._sub is not None
+        seen = orch._sub.acked
+        # A redelivery of a's news (as after a crash before the ack), under new ids.
+        for kind, extra in (("started", {}), ("result", {"result": {"text": "again"}})):
+            event = TaskEvent(type=kind, run_id=run.id, task_id="a", attempt=1, **extra)
+            await bus.publish(run_subject(run.id, kind), event.model_dump(mode="json"))
+
+        async def handled() -> bool:
+            assert orch._sub is not None
+            return orch._sub.acked >= seen + 2
+
+        await _eventually(handled, "the repeats handled")
+        counts = Counter(
+            (e.type, e.data.get("task")) for e in await store.events(run.id) if "task" in e.data
+        )
+        assert counts[("task.started", "a")] == 1
+        assert counts[("task.finished", "a")] == 1
+        assert counts[("task.dispatched", "b")] == 1
+        assert (await store.get_task(run.id, "a")).result != {"text": "again"}
+        gate.set()
+        assert (await orch.wait(run.id, within=10)).status is RunStatus.SUCCEEDED
+    finally:
+        gate.set()
         await _close(orch, workers)
 
 

@@ -15,6 +15,7 @@ from microhive.orchestrator import (
     RunStatus,
     TaskRecord,
     TaskStatus,
+    Transition,
     WorkflowStore,
     open_store,
 )
@@ -127,6 +128,91 @@ class StoreContract:
         assert sorted(e.data["i"] for e in events) == list(range(10))
         assert [e.seq for e in await store.events("r1", after=8)] == [9, 10]
         assert [e.type for e in await store.events("r2")] == ["other"]
+
+    async def test_transitions_apply_with_their_events_or_not_at_all(
+        self, store: WorkflowStore
+    ) -> None:
+        await store.create_run(RunRecord(id="r1", goal="g", status=RunStatus.RUNNING))
+        await store.put_tasks(
+            "r1", [TaskRecord(run_id="r1", id=i, role="x", instruction="i") for i in "abc"]
+        )
+        await store.append_event("r1", "plan.made", {})
+        dispatch = {"status": TaskStatus.DISPATCHED, "attempts": 1}
+        pending = (TaskStatus.PENDING,)
+        moved = await store.transition(
+            "r1",
+            [
+                Transition("a", 0, pending, dispatch, ("task.dispatched", {"t": "a"})),
+                Transition("b", 0, pending, dispatch, ("task.dispatched", {"t": "b"})),
+                # c has made no attempt yet: a transition for attempt 1 does not hold
+                Transition("c", 1, pending, dispatch, ("task.dispatched", {"t": "c"})),
+            ],
+        )
+        assert [m.status if m else None for m in moved] == [
+            TaskStatus.DISPATCHED,
+            TaskStatus.DISPATCHED,
+            None,
+        ]
+        events = await store.events("r1")
+        assert [(e.seq, e.type, e.data) for e in events[1:]] == [
+            (2, "task.dispatched", {"t": "a"}),
+            (3, "task.dispatched", {"t": "b"}),
+        ]
+        # A repeat (a redelivered result) does not hold: nothing written, no event.
+        finish = {"status": TaskStatus.SUCCEEDED, "result": {"text": "ok"}}
+        in_flight = (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
+        for expect in (TaskStatus.SUCCEEDED, None):
+            [done] = await store.transition(
+                "r1", [Transition("a", 1, in_flight, finish, ("task.finished", {"t": "a"}))]
+            )
+            assert (done.status if done else None) is expect
+        assert (await store.get_task("r1", "a")).result == {"text": "ok"}
+        assert [e.type for e in await store.events("r1", after=3)] == ["task.finished"]
+        run, ready = await store.ready_tasks("r1")
+        assert (run.id, ready) == ("r1", ["c"])
+        # Nothing moves once the run has finished.
+        await store.update_run("r1", expected=RunStatus.RUNNING, status=RunStatus.CANCELLED)
+        [late] = await store.transition(
+            "r1", [Transition("b", 1, in_flight, finish, ("task.finished", {"t": "b"}))]
+        )
+        assert late is None
+        assert (await store.get_task("r1", "b")).status is TaskStatus.DISPATCHED
+        with pytest.raises(NotFound):
+            await store.transition("nope", [])
+        with pytest.raises(NotFound):
+            await store.transition("r1", [Transition("zz", 0, pending, {})])
+
+    async def test_ready_tasks_and_a_run_update_with_its_event(self, store: WorkflowStore) -> None:
+        await store.create_run(RunRecord(id="r1", goal="g", status=RunStatus.RUNNING))
+        await store.put_tasks(
+            "r1",
+            [
+                TaskRecord(run_id="r1", id="a", role="x", instruction="i"),
+                TaskRecord(run_id="r1", id="b", role="x", instruction="i", depends_on=("a",)),
+            ],
+        )
+        assert (await store.ready_tasks("r1"))[1] == ["a"]  # b waits for a
+        await store.update_task("r1", "a", status=TaskStatus.SUCCEEDED)
+        assert (await store.ready_tasks("r1"))[1] == ["b"]
+        await store.update_task("r1", "b", status=TaskStatus.SUCCEEDED)
+        assert (await store.ready_tasks("r1"))[1] is None  # all done
+        await store.append_event("r1", "plan.made", {})
+        done = ("run.succeeded", {"result": {"summary": "s"}})
+        await store.update_run(
+            "r1", expected=RunStatus.RUNNING, event=done, status=RunStatus.SUCCEEDED
+        )
+        with pytest.raises(Conflict):  # refused: no second event either
+            await store.update_run(
+                "r1", expected=RunStatus.RUNNING, event=done, status=RunStatus.FAILED
+            )
+        events = await store.events("r1")
+        assert [(e.seq, e.type) for e in events] == [(1, "plan.made"), (2, "run.succeeded")]
+        assert events[1].data == {"result": {"summary": "s"}}
+        run, tasks = await store.get_run_and_tasks("r1")
+        assert run.status is RunStatus.SUCCEEDED
+        assert [t.id for t in tasks] == ["a", "b"]
+        with pytest.raises(NotFound):
+            await store.get_run_and_tasks("nope")
 
 
 class TestMemoryStore(StoreContract):

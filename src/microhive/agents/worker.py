@@ -28,6 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio.lowlevel
 from opentelemetry import context as otel_context
 
 from microhive.agents.loop import (
@@ -123,6 +124,9 @@ class Worker:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
+        # anyio loads its event-loop backend on first use, and every model call uses
+        # it: load it now, so the first sub-task does not pay for the import.
+        await anyio.lowlevel.checkpoint()
         self._sub = await self.bus.subscribe(
             task_subject(self.role),
             self.handle,

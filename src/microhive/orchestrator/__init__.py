@@ -6,6 +6,7 @@ from microhive.orchestrator.store import (
     RunStatus,
     TaskRecord,
     TaskStatus,
+    Transition,
     WorkflowStore,
     open_store,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "RunStatus",
     "TaskRecord",
     "TaskStatus",
+    "Transition",
     "WorkflowStore",
     "open_store",
 ]

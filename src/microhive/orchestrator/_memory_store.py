@@ -8,6 +8,7 @@ from typing import Any
 
 from microhive.errors import Conflict, NotFound
 from microhive.orchestrator.store import (
+    EventData,
     RunEvent,
     RunRecord,
     RunStatus,
@@ -48,11 +49,15 @@ class MemoryWorkflowStore(WorkflowStore):
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
 
-    async def _write_run(self, run: RunRecord, expected: RunStatus | None) -> bool:
+    async def _write_run(
+        self, run: RunRecord, expected: RunStatus | None, event: EventData | None = None
+    ) -> bool:
         current = await self.get_run(run.id)
         if expected is not None and current.status != expected:
             return False
         self._runs[run.id] = run
+        if event is not None:
+            await self.append_event(run.id, *event)
         return True
 
     async def put_tasks(self, run_id: str, tasks: Sequence[TaskRecord]) -> None:

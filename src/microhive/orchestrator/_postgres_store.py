@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from microhive.errors import Conflict, MissingDependency, NotFound, ServiceUnavailable
 from microhive.orchestrator.store import (
+    EventData,
     RunEvent,
     RunRecord,
     RunStatus,
     TaskRecord,
     TaskStatus,
+    Transition,
     WorkflowStore,
+    ready_ids,
     run_from_row,
     run_to_row,
     task_from_row,
@@ -128,7 +132,9 @@ class PostgresWorkflowStore(WorkflowStore):
         args.append(limit)
         return [run_from_row(r) for r in await pool.fetch(query, *args)]
 
-    async def _write_run(self, run: RunRecord, expected: RunStatus | None) -> bool:
+    async def _write_run(
+        self, run: RunRecord, expected: RunStatus | None, event: EventData | None = None
+    ) -> bool:
         row = run_to_row(run)
         cols = [c for c in _RUN_COLS if c != "id"]
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=1))
@@ -138,7 +144,34 @@ class PostgresWorkflowStore(WorkflowStore):
             args.append(expected.value)
             query += f" AND status = ${len(args)}"
         pool = await self._pool_ready()
-        return str(await pool.execute(query, *args)).endswith(" 1")
+        async with pool.acquire() as conn, conn.transaction():
+            if not str(await conn.execute(query, *args)).endswith(" 1"):
+                return False
+            if event is not None:  # the UPDATE holds the run's row lock: seq is ours
+                await self._insert_event(conn, run.id, None, event, time.time())
+        return True
+
+    async def _insert_event(
+        self, conn: Any, run_id: str, seq: int | None, event: EventData, at: float
+    ) -> int:
+        """Append one event (``seq`` None: the next one); the caller holds the run's lock."""
+        if seq is None:
+            seq = int(
+                await conn.fetchval(
+                    f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {self._p}run_events WHERE run_id = $1",
+                    run_id,
+                )
+            )
+        await conn.execute(
+            f"INSERT INTO {self._p}run_events (run_id, seq, type, data, at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            run_id,
+            seq,
+            event[0],
+            json.dumps(event[1]),
+            at,
+        )
+        return seq
 
     async def put_tasks(self, run_id: str, tasks: Sequence[TaskRecord]) -> None:
         await self.get_run(run_id)
@@ -171,6 +204,18 @@ class PostgresWorkflowStore(WorkflowStore):
         )
         return [task_from_row(r) for r in rows]
 
+    async def ready_tasks(self, run_id: str) -> tuple[RunRecord, list[str] | None]:
+        run = await self.get_run(run_id)
+        pool = await self._pool_ready()
+        rows = await pool.fetch(
+            "SELECT id, status, CASE status WHEN 'pending' THEN depends_on END "
+            f"FROM {self._p}tasks WHERE run_id = $1",
+            run_id,
+        )
+        return run, ready_ids(
+            [(r[0], r[1], None if r[2] is None else json.loads(r[2])) for r in rows]
+        )
+
     async def get_task(self, run_id: str, task_id: str) -> TaskRecord:
         pool = await self._pool_ready()
         row = await pool.fetchrow(
@@ -184,6 +229,9 @@ class PostgresWorkflowStore(WorkflowStore):
         return task_from_row(row)
 
     async def _write_task(self, task: TaskRecord, expected: TaskStatus | None) -> bool:
+        return await self._update_task(await self._pool_ready(), task, expected)
+
+    async def _update_task(self, conn: Any, task: TaskRecord, expected: TaskStatus | None) -> bool:
         row = task_to_row(task)
         cols = [c for c in _TASK_COLS if c not in ("run_id", "id")]
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=1))
@@ -193,8 +241,44 @@ class PostgresWorkflowStore(WorkflowStore):
         if expected is not None:
             args.append(expected.value)
             query += f" AND status = ${len(args)}"
+        return str(await conn.execute(query, *args)).endswith(" 1")
+
+    async def transition(
+        self, run_id: str, transitions: Sequence[Transition]
+    ) -> list[TaskRecord | None]:
         pool = await self._pool_ready()
-        return str(await pool.execute(query, *args)).endswith(" 1")
+        out: list[TaskRecord | None] = []
+        async with pool.acquire() as conn, conn.transaction():
+            # The run's row lock orders this against other writers of its events.
+            status = await conn.fetchval(
+                f"SELECT status FROM {self._p}runs WHERE id = $1 FOR UPDATE", run_id
+            )
+            if status is None:
+                raise NotFound(f"no run {run_id!r}")
+            finished = RunStatus(status).finished
+            now = time.time()
+            seq: int | None = None
+            for t in transitions:
+                row = await conn.fetchrow(
+                    f"SELECT {', '.join(_TASK_COLS)} FROM {self._p}tasks "
+                    "WHERE run_id = $1 AND id = $2 FOR UPDATE",
+                    run_id,
+                    t.task_id,
+                )
+                if row is None:
+                    raise NotFound(f"run {run_id} has no sub-task {t.task_id!r}")
+                task = task_from_row(row)
+                if finished or not t.holds(task):
+                    out.append(None)
+                    continue
+                updated = replace(task, **t.changes, updated_at=now)
+                await self._update_task(conn, updated, task.status)
+                if t.event is not None:
+                    seq = await self._insert_event(
+                        conn, run_id, None if seq is None else seq + 1, t.event, now
+                    )
+                out.append(updated)
+        return out
 
     async def append_event(self, run_id: str, type: str, data: dict[str, Any]) -> RunEvent:
         pool = await self._pool_ready()

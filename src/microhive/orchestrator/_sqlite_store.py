@@ -1,12 +1,12 @@
 """The embedded workflow store: one SQLite file, WAL mode, shared by local processes.
 
 The stdlib driver is synchronous; each call runs in a worker thread under a lock
-so the event loop never blocks on the disk. Every write is its own transaction,
-committed before the call returns. In WAL mode with ``synchronous=NORMAL`` a
-committed transaction is in the log before the call returns, so it survives the
-process being killed (SIGKILL); only a power cut or an OS crash can lose the
-last few (use PostgreSQL where that matters). ``FULL`` would add an fsync to
-each of the several writes one sub-task result makes.
+so the event loop never blocks on the disk. Every call is one transaction (and
+one trip to that thread), committed before the call returns. In WAL mode with
+``synchronous=NORMAL`` a committed transaction is in the log before the call
+returns, so it survives the process being killed (SIGKILL); only a power cut or
+an OS crash can lose the last few (use PostgreSQL where that matters). ``FULL``
+would add an fsync to each of the writes one sub-task result makes.
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from microhive.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from microhive.orchestrator.store import (
+    EventData,
     RunEvent,
     RunRecord,
     RunStatus,
     TaskRecord,
     TaskStatus,
+    Transition,
     WorkflowStore,
+    ready_ids,
     run_from_row,
     run_to_row,
     task_from_row,
@@ -149,7 +153,9 @@ class SqliteWorkflowStore(WorkflowStore):
         rows = await self._run(lambda c: c.execute(query, params).fetchall())
         return [run_from_row(r) for r in rows]
 
-    async def _write_run(self, run: RunRecord, expected: RunStatus | None) -> bool:
+    async def _write_run(
+        self, run: RunRecord, expected: RunStatus | None, event: EventData | None = None
+    ) -> bool:
         row = run_to_row(run)
         sets = ", ".join(f"{k} = ?" for k in row if k != "id")
         query = f"UPDATE runs SET {sets} WHERE id = ?"
@@ -157,8 +163,15 @@ class SqliteWorkflowStore(WorkflowStore):
         if expected is not None:
             query += " AND status = ?"
             params.append(expected.value)
-        count = await self._run(lambda c: c.execute(query, params).rowcount)
-        return bool(count)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if not conn.execute(query, params).rowcount:
+                return False
+            if event is not None:
+                _insert_event(conn, run.id, _last_seq(conn, run.id) + 1, event, time.time())
+            return True
+
+        return await self._run(write)
 
     async def put_tasks(self, run_id: str, tasks: Sequence[TaskRecord]) -> None:
         await self.get_run(run_id)
@@ -181,13 +194,38 @@ class SqliteWorkflowStore(WorkflowStore):
         await self._run(insert)
 
     async def get_tasks(self, run_id: str) -> list[TaskRecord]:
-        await self.get_run(run_id)
-        rows = await self._run(
-            lambda c: c.execute(
+        return (await self.get_run_and_tasks(run_id))[1]
+
+    async def get_run_and_tasks(self, run_id: str) -> tuple[RunRecord, list[TaskRecord]]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
+            run = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            tasks = conn.execute(
                 f"SELECT {_TASK_COLS} FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)
             ).fetchall()
+            return run, tasks
+
+        run, rows = await self._run(read)
+        return run_from_row(run), [task_from_row(r) for r in rows]
+
+    async def ready_tasks(self, run_id: str) -> tuple[RunRecord, list[str] | None]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
+            run = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            # Only pending rows need their dependencies (most results leave none).
+            rows = conn.execute(
+                "SELECT id, status, CASE status WHEN 'pending' THEN depends_on END "
+                "FROM tasks WHERE run_id = ?",
+                (run_id,),
+            ).fetchall()
+            return run, rows
+
+        run, rows = await self._run(read)
+        return run_from_row(run), ready_ids(
+            [(r[0], r[1], None if r[2] is None else json.loads(r[2])) for r in rows]
         )
-        return [task_from_row(r) for r in rows]
 
     async def get_task(self, run_id: str, task_id: str) -> TaskRecord:
         row = await self._run(
@@ -201,17 +239,40 @@ class SqliteWorkflowStore(WorkflowStore):
         return task_from_row(row)
 
     async def _write_task(self, task: TaskRecord, expected: TaskStatus | None) -> bool:
-        row = task_to_row(task)
-        keys = [k for k in row if k not in ("run_id", "id")]
-        query = (
-            f"UPDATE tasks SET {', '.join(f'{k} = ?' for k in keys)} WHERE run_id = ? AND id = ?"
-        )
-        params = [row[k] for k in keys] + [task.run_id, task.id]
-        if expected is not None:
-            query += " AND status = ?"
-            params.append(expected.value)
-        count = await self._run(lambda c: c.execute(query, params).rowcount)
-        return bool(count)
+        return await self._run(lambda c: _update_task(c, task, expected))
+
+    async def transition(
+        self, run_id: str, transitions: Sequence[Transition]
+    ) -> list[TaskRecord | None]:
+        def apply(conn: sqlite3.Connection) -> list[TaskRecord | None]:
+            conn.execute("BEGIN IMMEDIATE")  # reads and writes below see one state
+            now = time.time()
+            run = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            finished = RunStatus(run["status"]).finished
+            seq: int | None = None
+            out: list[TaskRecord | None] = []
+            for t in transitions:
+                row = conn.execute(
+                    f"SELECT {_TASK_COLS} FROM tasks WHERE run_id = ? AND id = ?",
+                    (run_id, t.task_id),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"run {run_id} has no sub-task {t.task_id!r}")
+                task = task_from_row(row)
+                if finished or not t.holds(task):
+                    out.append(None)
+                    continue
+                updated = replace(task, **t.changes, updated_at=now)
+                _update_task(conn, updated, task.status)
+                if t.event is not None:
+                    seq = (_last_seq(conn, run_id) if seq is None else seq) + 1
+                    _insert_event(conn, run_id, seq, t.event, now)
+                out.append(updated)
+            return out
+
+        return await self._run(apply)
 
     async def append_event(self, run_id: str, type: str, data: dict[str, Any]) -> RunEvent:
         at = time.time()
@@ -220,11 +281,7 @@ class SqliteWorkflowStore(WorkflowStore):
         def insert(conn: sqlite3.Connection) -> int:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise NotFound(f"no run {run_id!r}")
-            seq = int(
-                conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?", (run_id,)
-                ).fetchone()[0]
-            )
+            seq = _last_seq(conn, run_id) + 1
             conn.execute(
                 "INSERT INTO run_events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
                 (run_id, seq, type, payload, at),
@@ -235,12 +292,42 @@ class SqliteWorkflowStore(WorkflowStore):
         return RunEvent(run_id, seq, type, data, at)
 
     async def events(self, run_id: str, *, after: int = 0) -> list[RunEvent]:
-        await self.get_run(run_id)
-        rows = await self._run(
-            lambda c: c.execute(
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise NotFound(f"no run {run_id!r}")
+            return conn.execute(
                 "SELECT seq, type, data, at FROM run_events WHERE run_id = ? AND seq > ? "
                 "ORDER BY seq",
                 (run_id, after),
             ).fetchall()
-        )
+
+        rows = await self._run(read)
         return [RunEvent(run_id, r["seq"], r["type"], json.loads(r["data"]), r["at"]) for r in rows]
+
+
+def _insert_event(
+    conn: sqlite3.Connection, run_id: str, seq: int, event: EventData, at: float
+) -> None:
+    conn.execute(
+        "INSERT INTO run_events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
+        (run_id, seq, event[0], json.dumps(event[1]), at),
+    )
+
+
+def _last_seq(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _update_task(conn: sqlite3.Connection, task: TaskRecord, expected: TaskStatus | None) -> bool:
+    """Write the whole sub-task; only if its stored status is ``expected`` (unless None)."""
+    row = task_to_row(task)
+    keys = [k for k in row if k not in ("run_id", "id")]
+    query = f"UPDATE tasks SET {', '.join(f'{k} = ?' for k in keys)} WHERE run_id = ? AND id = ?"
+    params = [row[k] for k in keys] + [task.run_id, task.id]
+    if expected is not None:
+        query += " AND status = ?"
+        params.append(expected.value)
+    return bool(conn.execute(query, params).rowcount)

@@ -5,8 +5,16 @@ over the bus. That is what makes it restartable: a new engine on the same store
 and bus resumes unfinished runs (:meth:`Orchestrator.start`), re-publishes the
 sub-tasks that were in flight under the same message ids (the bus stores them
 once) and takes the results that arrived while it was down from its durable queue
-group. Sub-task state changes are compare-and-set, so a result delivered twice is
-applied once and a finished sub-task is never redone.
+group. Sub-task state changes are compare-and-set transitions stored together
+with the event that reports them (:meth:`WorkflowStore.transition`), so a result
+delivered twice is applied and reported once, a finished sub-task is never
+redone, and a crash never leaves a change its event stream does not show.
+
+Cost per sub-task: dispatching a batch of ready sub-tasks is one store
+transaction, then their publishes (in growing rounds, which the bus stores
+together); a worker's ``started`` or result is one store transaction, and a
+result then one light read (:meth:`WorkflowStore.ready_tasks`) unless it
+unlocks something.
 
 A run's life: ``pending`` -> ``planning`` (the planner model proposes a DAG; an
 invalid one is re-asked with the reason, up to ``plan_attempts`` times) ->
@@ -31,6 +39,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+import anyio.lowlevel
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
@@ -51,12 +60,14 @@ from microhive.orchestrator.messages import (
 )
 from microhive.orchestrator.options import RunOptions, project_folder
 from microhive.orchestrator.plan import Plan, PlanError, parse_plan
+from microhive.orchestrator.report import run_result, run_view
 from microhive.orchestrator.store import (
     RunEvent,
     RunRecord,
     RunStatus,
     TaskRecord,
     TaskStatus,
+    Transition,
     WorkflowStore,
 )
 from microhive.tracing import (
@@ -73,7 +84,7 @@ log = logging.getLogger("microhive.orchestrator")
 # OpenTelemetry's proxy: records to whichever provider the process installs.
 _tracer = trace.get_tracer("microhive.orchestrator")
 
-_FINISHED_TASK = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED)
+_IN_FLIGHT = (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
 
 
 @contextlib.contextmanager
@@ -119,6 +130,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Take worker events and resume every unfinished run."""
+        await anyio.lowlevel.checkpoint()  # loads anyio's backend now, not in the first plan
         self._sub = await self.bus.subscribe(
             RUN_EVENTS,
             self._on_event,
@@ -181,32 +193,7 @@ class Orchestrator:
         return await self._finish(run_id, RunStatus.CANCELLED, error="cancelled by request")
 
     async def get(self, run_id: str) -> dict[str, Any]:
-        run = await self.store.get_run(run_id)
-        tasks = await self.store.get_tasks(run_id)
-        return {
-            "id": run.id,
-            "goal": run.goal,
-            "status": run.status.value,
-            "error": run.error,
-            "result": run.result,
-            "plan": run.plan,
-            "project": project_folder(run.goal, run.id),
-            "trace_id": CallContext.from_headers(run.trace).trace_id,
-            "created_at": run.created_at,
-            "updated_at": run.updated_at,
-            "tasks": [
-                {
-                    "id": t.id,
-                    "role": t.role,
-                    "status": t.status.value,
-                    "attempts": t.attempts,
-                    "depends_on": list(t.depends_on),
-                    "error": t.error,
-                    "stop": (t.result or {}).get("stop"),
-                }
-                for t in tasks
-            ],
-        }
+        return run_view(*await self.store.get_run_and_tasks(run_id))
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
         """Every event of a run from ``after`` on, live, ending after the run's last event."""
@@ -297,48 +284,69 @@ class Orchestrator:
             ],
         )
         plan_data = plan.model_dump(mode="json")
+        made = ("plan.made", {"tasks": plan_data["tasks"], "project": project})
         await self.store.update_run(
-            run.id, expected=RunStatus.PLANNING, status=RunStatus.RUNNING, plan=plan_data
+            run.id,
+            expected=RunStatus.PLANNING,
+            event=made,
+            status=RunStatus.RUNNING,
+            plan=plan_data,
         )
-        await self._event(run.id, "plan.made", {"tasks": plan_data["tasks"], "project": project})
+        await self._notify()
         await self._advance(run.id)
 
     # ------------------------------------------------------------- dispatch
 
     async def _advance(self, run_id: str) -> None:
         """Dispatch every ready sub-task; finish the run when every one is done."""
-        run = await self.store.get_run(run_id)
+        await self._advance_with(*await self.store.get_run_and_tasks(run_id))
+
+    async def _advance_with(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
         if run.status is not RunStatus.RUNNING:
             return
-        tasks = await self.store.get_tasks(run_id)
         done = {t.id for t in tasks if t.status is TaskStatus.SUCCEEDED}
         if len(done) == len(tasks):
             await self._complete(run, tasks)
             return
-        by_id = {t.id: t for t in tasks}
-        for task in tasks:
-            if task.status is TaskStatus.PENDING and set(task.depends_on) <= done:
-                await self._dispatch(run, task, by_id)
+        ready = [t for t in tasks if t.status is TaskStatus.PENDING and set(t.depends_on) <= done]
+        if ready:
+            await self._dispatch(run, ready, {t.id: t for t in tasks})
 
     async def _dispatch(
-        self, run: RunRecord, task: TaskRecord, by_id: Mapping[str, TaskRecord]
+        self, run: RunRecord, ready: list[TaskRecord], by_id: Mapping[str, TaskRecord]
     ) -> None:
-        try:
-            task = await self.store.update_task(
-                run.id,
-                task.id,
-                expected=TaskStatus.PENDING,
-                status=TaskStatus.DISPATCHED,
-                attempts=task.attempts + 1,
-            )
-        except Conflict:
-            return  # another result handler dispatched it first
-        await self._publish_task(run, task, by_id)
-        await self._event(
+        """Mark the ready sub-tasks dispatched (one transaction), then publish them.
+
+        A crash in between leaves them dispatched and unpublished, which a resumed
+        orchestrator publishes. One that another result handler dispatched first
+        is left out (its transition does not hold).
+        """
+        moved = await self.store.transition(
             run.id,
-            "task.dispatched",
-            {"task": task.id, "role": task.role, "attempt": task.attempts},
+            [
+                Transition(
+                    t.id,
+                    t.attempts,
+                    (TaskStatus.PENDING,),
+                    {"status": TaskStatus.DISPATCHED, "attempts": t.attempts + 1},
+                    ("task.dispatched", {"task": t.id, "role": t.role, "attempt": t.attempts + 1}),
+                )
+                for t in ready
+            ],
         )
+        await self._notify()
+        await self._publish_all(run, [t for t in moved if t is not None], by_id)
+
+    async def _publish_all(
+        self, run: RunRecord, tasks: list[TaskRecord], by_id: Mapping[str, TaskRecord]
+    ) -> None:
+        """Publish in rounds of 1, 2, 4, ... sub-tasks: the first go out at once, and
+        the later ones, published together, share the bus's transactions (and fsyncs)."""
+        start, size = 0, 1
+        while start < len(tasks):
+            chunk = tasks[start : start + size]
+            await asyncio.gather(*(self._publish_task(run, t, by_id) for t in chunk))
+            start, size = start + size, size * 2
 
     async def _publish_task(
         self, run: RunRecord, task: TaskRecord, by_id: Mapping[str, TaskRecord]
@@ -380,17 +388,54 @@ class Orchestrator:
             return
         if run.status is not RunStatus.RUNNING:
             run = await self.store.update_run(run.id, status=RunStatus.RUNNING)
-        by_id = {t.id: t for t in tasks}
-        for task in tasks:
-            if task.status in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
-                # Same message id: the bus keeps one copy if the first publish landed.
-                await self._publish_task(run, task, by_id)
+        # Same message ids: the bus keeps one copy of each whose first publish landed.
+        in_flight = [t for t in tasks if t.status in _IN_FLIGHT]
+        await self._publish_all(run, in_flight, {t.id: t for t in tasks})
         await self._advance(run.id)
 
     # --------------------------------------------------------- worker events
 
     async def _on_event(self, delivery: Delivery) -> None:
         event = parse_message(TaskEvent, delivery.json())
+        changes: dict[str, Any]
+        data: dict[str, Any]
+        if event.type == "started":
+            changes = {"status": TaskStatus.RUNNING}
+            data = {"task": event.task_id, "worker": event.worker}
+            await self._move(event, (TaskStatus.DISPATCHED,), changes, ("task.started", data))
+        elif event.type in ("tool", "file"):
+            await self._on_progress(event)
+        elif event.ok:
+            result = event.result or {}
+            changes = {"status": TaskStatus.SUCCEEDED, "result": result}
+            data = {"task": event.task_id, "stop": result.get("stop"), "steps": result.get("steps")}
+            if await self._move(event, _IN_FLIGHT, changes, ("task.finished", data)) is not None:
+                await self._after_success(event.run_id)
+        else:
+            await self._on_failure(event)
+
+    async def _move(
+        self,
+        event: TaskEvent,
+        expected: tuple[TaskStatus, ...],
+        changes: dict[str, Any],
+        record: tuple[str, dict[str, Any]],
+    ) -> TaskRecord | None:
+        """Move the event's sub-task on and record ``record``, in one transaction.
+
+        None when it does not hold: news of a finished run, of an earlier attempt,
+        or a repeat (a redelivered message) -- applied once, recorded once.
+        """
+        transition = Transition(event.task_id, event.attempt, expected, changes, record)
+        try:
+            [moved] = await self.store.transition(event.run_id, [transition])
+        except NotFound as exc:
+            raise InvalidInput(f"event for an unknown run or sub-task: {exc.message}") from None
+        if moved is not None:
+            await self._notify()
+        return moved
+
+    async def _on_progress(self, event: TaskEvent) -> None:
         try:
             run = await self.store.get_run(event.run_id)
             task = await self.store.get_task(event.run_id, event.task_id)
@@ -398,102 +443,57 @@ class Orchestrator:
             raise InvalidInput(f"event for an unknown run or sub-task: {exc.message}") from None
         if run.status.finished or task.attempts != event.attempt:
             return  # late news of a finished run or of an earlier attempt
-        if event.type == "started":
-            with contextlib.suppress(Conflict):
-                await self.store.update_task(
-                    run.id, task.id, expected=TaskStatus.DISPATCHED, status=TaskStatus.RUNNING
-                )
-            await self._event(run.id, "task.started", {"task": task.id, "worker": event.worker})
-        elif event.type in ("tool", "file"):
-            name = "file.written" if event.type == "file" else "task.tool"
-            await self._event(run.id, name, {"task": task.id, **event.detail})
-        else:
-            await self._on_result(run, task, event)
+        name = "file.written" if event.type == "file" else "task.tool"
+        await self._event(run.id, name, {"task": task.id, **event.detail})
 
-    async def _settle(self, task: TaskRecord, **changes: Any) -> TaskRecord | None:
-        """Move an in-flight sub-task on; None if it already moved (a duplicate result).
+    async def _after_success(self, run_id: str) -> None:
+        """Stop the run when its token budget is spent across all sub-tasks, else go on.
 
-        A ``started`` event handled concurrently may flip DISPATCHED to RUNNING under
-        us, so a conflict re-reads and tries again while the task is still in flight.
+        Most results unlock nothing: where the sub-tasks stand (a light read) says
+        whether the whole of them must be read to dispatch or finish.
         """
-        attempt = task.attempts
-        for _ in range(5):
-            if task.attempts != attempt or task.status not in (
-                TaskStatus.DISPATCHED,
-                TaskStatus.RUNNING,
-            ):
-                return None
-            try:
-                return await self.store.update_task(
-                    task.run_id, task.id, expected=task.status, **changes
-                )
-            except Conflict:
-                task = await self.store.get_task(task.run_id, task.id)
-        return None
-
-    async def _on_result(self, run: RunRecord, task: TaskRecord, event: TaskEvent) -> None:
-        result = event.result or {}
-        if event.ok:
-            if await self._settle(task, status=TaskStatus.SUCCEEDED, result=result) is None:
-                return
-            await self._charge(run, result)
-            await self._event(
-                run.id,
-                "task.finished",
-                {"task": task.id, "stop": result.get("stop"), "steps": result.get("steps")},
-            )
-            await self._advance(run.id)
-            return
-        reason = event.error or str(result.get("detail") or "sub-task failed")
-        if task.attempts < self.max_attempts:
-            if await self._settle(task, status=TaskStatus.PENDING, error=reason) is None:
-                return
-            await self._event(
-                run.id, "task.retry", {"task": task.id, "attempt": task.attempts, "reason": reason}
-            )
-            await self._advance(run.id)
-            return
-        if await self._settle(task, status=TaskStatus.FAILED, error=reason) is None:
-            return
-        await self._event(run.id, "task.failed", {"task": task.id, "reason": reason})
-        await self._finish(
-            run.id,
-            RunStatus.FAILED,
-            error=f"sub-task {task.id!r} failed after {task.attempts} attempts: {reason}",
-        )
-
-    async def _charge(self, run: RunRecord, result: Mapping[str, Any]) -> None:
-        """Stop the run when its token budget is spent across all sub-tasks."""
+        run, ready = await self.store.ready_tasks(run_id)
         budget = run.options.get("budget_tokens")
         if not budget:
+            if run.status is RunStatus.RUNNING and (ready is None or ready):
+                await self._advance(run_id)
             return
+        run, tasks = await self.store.get_run_and_tasks(run_id)
         spent = 0
-        for t in await self.store.get_tasks(run.id):
+        for t in tasks:
             usage = (t.result or {}).get("usage") or {}
             spent += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
         if spent > budget:
             await self._finish(
                 run.id, RunStatus.FAILED, error=f"token budget exhausted: {spent} of {budget}"
             )
+            return
+        await self._advance_with(run, tasks)
+
+    async def _on_failure(self, event: TaskEvent) -> None:
+        result = event.result or {}
+        reason = event.error or str(result.get("detail") or "sub-task failed")
+        data: dict[str, Any] = {"task": event.task_id, "attempt": event.attempt, "reason": reason}
+        changes: dict[str, Any]
+        if event.attempt < self.max_attempts:
+            changes = {"status": TaskStatus.PENDING, "error": reason}
+            if await self._move(event, _IN_FLIGHT, changes, ("task.retry", data)) is not None:
+                await self._advance(event.run_id)
+            return
+        changes = {"status": TaskStatus.FAILED, "error": reason}
+        data = {"task": event.task_id, "reason": reason}
+        if await self._move(event, _IN_FLIGHT, changes, ("task.failed", data)) is None:
+            return
+        await self._finish(
+            event.run_id,
+            RunStatus.FAILED,
+            error=f"sub-task {event.task_id!r} failed after {event.attempt} attempts: {reason}",
+        )
 
     # ------------------------------------------------------------- finishing
 
     async def _complete(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
-        depended = {d for t in tasks for d in t.depends_on}
-        finals = [t for t in tasks if t.id not in depended]
-        files: list[str] = []
-        for t in tasks:
-            for call in (t.result or {}).get("tool_calls", []):
-                path = (call.get("arguments") or {}).get("path")
-                if path and not call.get("is_error") and "write" in str(call.get("name", "")):
-                    files.append(str(path))
-        result = {
-            "summary": "\n\n".join(str((t.result or {}).get("text", "")) for t in finals),
-            "files": sorted(set(files)),
-            "project": project_folder(run.goal, run.id),
-            "offline": any((t.result or {}).get("offline") for t in tasks),
-        }
-        await self._finish(run.id, RunStatus.SUCCEEDED, result=result)
+        await self._finish(run.id, RunStatus.SUCCEEDED, result=run_result(run, tasks))
 
     async def _finish(
         self,
@@ -507,15 +507,22 @@ class Orchestrator:
             run = await self.store.get_run(run_id)
             if run.status.finished:
                 return run
+            ended = (f"run.{status.value}", {"error": error, "result": result})
             try:
                 run = await self.store.update_run(
-                    run_id, expected=run.status, status=status, error=error, result=result
+                    run_id,
+                    expected=run.status,
+                    event=ended,
+                    status=status,
+                    error=error,
+                    result=result,
                 )
                 break
             except Conflict:
                 continue
         else:
             return await self.store.get_run(run_id)
+        await self._notify()
         timer = self._timers.pop(run_id, None)
         if timer is not None:
             timer.cancel()
@@ -526,7 +533,6 @@ class Orchestrator:
                         await self.store.update_task(
                             run_id, task.id, expected=TaskStatus.PENDING, status=TaskStatus.SKIPPED
                         )
-        await self._event(run_id, f"run.{status.value}", {"error": error, "result": result})
         return run
 
     def _arm_deadline(self, run_id: str, deadline: float | None) -> None:
@@ -551,5 +557,9 @@ class Orchestrator:
 
     async def _event(self, run_id: str, type: str, data: dict[str, Any]) -> None:
         await self.store.append_event(run_id, type, data)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        """Wake this process's event streams: the run's events changed."""
         async with self._changed:
             self._changed.notify_all()
