@@ -7,11 +7,14 @@ in which case the missing server fails the test instead.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +82,22 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition!r}")
         time.sleep(interval)
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[Any] | Any], within: float = 10.0, what: str = ""
+) -> Any:
+    """Async twin of :func:`wait_for`: poll a sync or async condition until truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what or condition!r}")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from microhive.bus import Delivery
-
-
-async def eventually(condition: Callable[[], object], within: float = 10.0, what: str = "") -> Any:
-    """Wait until ``condition()`` is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
+from tests.conftest import eventually as eventually  # re-exported for the bus tests
 
 
 class Collector:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from microhive.mcp.gateway import Gateway, GatewayHTTP, GatewaySettings, RoleAuth
 from microhive.mcp.registry import Registry, RegistryStore, UpstreamSpec
+from tests.conftest import eventually as eventually  # re-exported for the gateway tests
 from tests.conftest import free_port
 
 from .upstream_server import build
@@ -117,20 +117,6 @@ async def client(url: str, token: str | None = None) -> AsyncIterator[Client]:
         Client(streamable_http_client(url, http_client=http), cache=None) as c,
     ):
         yield c
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool], within: float = 20) -> None:
-    """Wait until ``condition()`` holds, polling, or fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
 
 
 def structured(result: Any) -> Any:

@@ -64,7 +64,7 @@ async def test_killed_upstream_opens_its_breaker_and_others_answer() -> None:
                     answers.append(result)
                     return not result.is_error
 
-                await eventually(recovered)
+                await eventually(recovered, within=20)
                 assert structured(answers[-1]) == "v2"
                 assert {r["namespace"]: r["breaker"] for r in gw.upstreams()}["calc"] == "closed"
 

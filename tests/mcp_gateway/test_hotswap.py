@@ -34,7 +34,9 @@ async def test_attach_under_continuous_load_loses_no_call() -> None:
 
                 tasks = [asyncio.create_task(caller(slow=i < 4)) for i in range(16)]
                 try:
-                    await eventually(lambda: results["v1"] >= 30 and results["v1-slow"] >= 4)
+                    await eventually(
+                        lambda: results["v1"] >= 30 and results["v1-slow"] >= 4, within=20
+                    )
                     async with httpx.AsyncClient() as admin:
                         response = await admin.post(
                             f"{base}/admin/upstreams/search/attach",
@@ -45,7 +47,8 @@ async def test_attach_under_continuous_load_loses_no_call() -> None:
                     assert response.json()["upstream"]["version"] == "v2"
                     before = results["v2"]
                     await eventually(
-                        lambda: results["v2"] >= before + 30 and results["v2-slow"] >= 4
+                        lambda: results["v2"] >= before + 30 and results["v2-slow"] >= 4,
+                        within=20,
                     )
                 finally:
                     stop.set()

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from microhive.mcp.pooled_http import PooledHTTPTransport
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 from .harness import serving
 
@@ -122,10 +122,7 @@ async def test_the_pool_never_opens_more_than_its_limit_and_queues_the_rest() ->
     transport = PooledHTTPTransport(max_connections=2)
     async with serving(state.app()) as base, client(transport) as http:
         calls = [asyncio.create_task(http.get(f"{base}/held")) for _ in range(6)]
-        deadline = asyncio.get_running_loop().time() + 10
-        while state.active < 2:
-            assert asyncio.get_running_loop().time() < deadline, "two requests never arrived"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: state.active >= 2, what="two requests to arrive")
         assert state.active == 2
         state.release.set()
         responses = await asyncio.gather(*calls)
@@ -139,10 +136,7 @@ async def test_pool_wait_times_out_with_pool_timeout() -> None:
     timeout = httpx2.Timeout(10.0, pool=0.2)
     async with serving(state.app()) as base, client(transport, timeout=timeout) as http:
         first = asyncio.create_task(http.get(f"{base}/held"))
-        deadline = asyncio.get_running_loop().time() + 10
-        while state.active < 1:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        await eventually(lambda: state.active >= 1, what="the first request to arrive")
         with pytest.raises(httpx2.PoolTimeout):
             await http.get(f"{base}/held")
         state.release.set()

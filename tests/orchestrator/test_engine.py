@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from microhive.models.types import ChatRequest, ChatResult, ToolCall
 from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
 from microhive.orchestrator.engine import Orchestrator, RunOptions
 from microhive.orchestrator.messages import TaskEvent, run_subject
+from tests.conftest import eventually
 
 ROLES = {"researcher": "finds material", "writer": "writes the brief"}
 
@@ -137,13 +137,6 @@ class _GatedModel(ScriptedModel):
         return await super()._chat(request)
 
 
-async def _eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def test_worker_news_that_arrives_twice_is_applied_and_recorded_once(
     bus: Bus, store: WorkflowStore
 ) -> None:
@@ -167,7 +160,7 @@ async def test_worker_news_that_arrives_twice_is_applied_and_recorded_once(
             tasks = {t.id: t.status for t in await store.get_tasks(run.id)}
             return tasks.get("b") in (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
 
-        await _eventually(b_in_flight, "b dispatched after a finished")
+        await eventually(b_in_flight, what="b dispatched after a finished")
         assert orch._sub is not None
         seen = orch._sub.acked
         # A redelivery of a's news (as after a crash before the ack), under new ids.
@@ -179,7 +172,7 @@ async def test_worker_news_that_arrives_twice_is_applied_and_recorded_once(
             assert orch._sub is not None
             return orch._sub.acked >= seen + 2
 
-        await _eventually(handled, "the repeats handled")
+        await eventually(handled, what="the repeats handled")
         counts = Counter(
             (e.type, e.data.get("task")) for e in await store.events(run.id) if "task" in e.data
         )

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from microhive.workspace import WorkspaceSettings
+from tests.conftest import eventually as eventually  # re-exported for the workspace tests
 
 
 def settings(root: Path, **overrides: Any) -> WorkspaceSettings:
@@ -32,21 +33,6 @@ def settings(root: Path, **overrides: Any) -> WorkspaceSettings:
     }
     values.update(overrides)
     return WorkspaceSettings(**values)
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[Any]], within: float = 10.0, what: str = ""
-) -> Any:
-    """Async twin of ``wait_for``: poll an async condition until truthy or fail."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what or condition!r}")
-        await asyncio.sleep(0.02)
 
 
 class Server:
