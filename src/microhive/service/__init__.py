@@ -29,6 +29,7 @@ from microhive.service._runner import (
     resolve_factory,
     run_app,
     serve_service,
+    settle_heap,
 )
 
 __all__ = [
@@ -55,5 +56,6 @@ __all__ = [
     "run_app",
     "serve_service",
     "service_url",
+    "settle_heap",
     "status_for",
 ]
