@@ -192,3 +192,77 @@ def test_sampling_keeps_runs_whole(store_url: str) -> None:
             assert not skipped.span.is_recording()
     with TraceStore(store_url) as store:
         assert [t.root_name for t in store.traces()] == ["POST /a"]
+
+
+# The schema before version 2: a per-trace summary table kept up to date on every batch.
+_V1_SCHEMA = """
+CREATE TABLE spans (
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
+    kind TEXT NOT NULL, service TEXT NOT NULL, instance TEXT, start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL, status TEXT NOT NULL, status_message TEXT,
+    attributes TEXT NOT NULL, events TEXT NOT NULL, links TEXT NOT NULL,
+    resource TEXT NOT NULL, PRIMARY KEY (trace_id, span_id)
+);
+CREATE TABLE traces (
+    trace_id TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    span_count INTEGER NOT NULL, error_count INTEGER NOT NULL, run_id TEXT
+);
+"""
+
+
+def test_a_store_written_by_an_older_version_is_migrated_and_keeps_its_run_ids(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_V1_SCHEMA)
+        for n, (trace, run_id) in enumerate((("a" * 32, "run-a"), ("b" * 32, None))):
+            db.execute(
+                "INSERT INTO spans VALUES (?, ?, NULL, ?, 'SERVER', 'svc', NULL, ?, ?, "
+                "'UNSET', NULL, ?, '[]', '[]', '{}')",
+                (trace, f"{n + 1:016x}", f"root {n}", n * 10, n * 10 + 5, '{"k": 1}'),
+            )
+            db.execute("INSERT INTO traces VALUES (?, ?, ?, 1, 0, ?)", (trace, n * 10, 5, run_id))
+    db.close()
+    with TraceStore(f"sqlite:///{path}") as store:
+        assert store.find("run-a") == "a" * 32
+        assert [t.trace_id for t in store.traces()] == ["b" * 32, "a" * 32]
+        assert store.traces()[1].run_id == "run-a"
+        assert store.spans("a" * 32)[0].attributes == {"k": 1}
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"spans"}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    # and the migrated file takes new spans with their run ids
+    exporter = SqliteSpanExporter(path)
+    ctx = SpanContext(trace_id=0xC, span_id=0xC, is_remote=False)
+    span = ReadableSpan("new", context=ctx, attributes={"microhive.run_id": "run-c"})
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    with TraceStore(f"sqlite:///{path}") as store:
+        assert store.find("run-c") == f"{0xC:032x}"
+        assert store.count_spans() == 3
+
+
+def test_recent_traces_come_from_the_newest_rows_even_past_the_first_window(
+    tmp_path: Path,
+) -> None:
+    """One big trace written last must not hide the traces before it from the list."""
+    exporter = SqliteSpanExporter(tmp_path / "t.db")
+    small = [
+        ReadableSpan(f"small{n}", context=SpanContext(n + 1, 1, False), start_time=n, end_time=n)
+        for n in range(3)
+    ]
+    big_ctx = [SpanContext(0xB16, n + 1, False) for n in range(1500)]
+    big = [ReadableSpan("big", context=c, start_time=100, end_time=200) for c in big_ctx]
+    assert exporter.export(small) is SpanExportResult.SUCCESS
+    assert exporter.export(big) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    with TraceStore(f"sqlite:///{tmp_path / 't.db'}") as store:
+        listed = store.traces(limit=4)
+        assert [t.root_name for t in listed] == ["big", "small2", "small1", "small0"]
+        assert listed[0].span_count == 1500
+        assert store.last() == f"{0xB16:032x}"

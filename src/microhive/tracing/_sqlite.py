@@ -7,10 +7,16 @@ runs on the SDK's worker thread, never on a request); the file is in WAL mode
 with a busy timeout and every batch is one short ``BEGIN IMMEDIATE`` transaction,
 so several writers take turns instead of failing.
 
-Two tables: ``spans`` (one row per span, attributes/events/links as JSON) and
-``traces`` (one row per trace, kept up to date on every batch: first start, last
-end, span and error counts, the run id if any span carried ``microhive.run_id``).
-The summary table makes "most recent traces" and retention cheap.
+One table, ``spans``: one row per span (ids in hex, attributes/events/links as
+JSON, the run id in its own column when a span carries ``microhive.run_id``).
+Rows are appended as they are exported, so ``rowid`` order is roughly time
+order: the newest rows belong to the newest traces, and retention drops traces
+from the low end. There is deliberately no per-trace summary table: keeping one
+up to date cost an upsert (three B-trees) per trace per batch in every process,
+more than the span insert itself; the reader aggregates one trace's rows through
+the primary-key index instead, which is cheap for the handful of traces a list
+shows. Stores written by older versions (which had a ``traces`` table) are
+migrated when opened (``PRAGMA user_version``).
 
 The read side is :class:`~microhive.tracing.TraceStore`. Stores load by URL
 scheme through :data:`_SCHEMES`; only ``sqlite:///`` exists.
@@ -51,7 +57,12 @@ _YIELD_EVERY = 16
 
 _log = logging.getLogger(__name__)
 
-_SCHEMA = """
+_SCHEMA_VERSION = 2
+_SPAN_COLUMNS = (
+    "trace_id, span_id, parent_id, name, kind, service, instance, start_ns, end_ns, "
+    "status, status_message, attributes, events, links, resource, run_id"
+)
+_CREATE_SPANS = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,
     span_id TEXT NOT NULL,
@@ -68,19 +79,15 @@ CREATE TABLE IF NOT EXISTS spans (
     events TEXT NOT NULL,
     links TEXT NOT NULL,
     resource TEXT NOT NULL,
+    run_id TEXT,
     PRIMARY KEY (trace_id, span_id)
-);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    span_count INTEGER NOT NULL,
-    error_count INTEGER NOT NULL,
-    run_id TEXT
-);
-CREATE INDEX IF NOT EXISTS traces_by_start ON traces(start_ns);
-CREATE INDEX IF NOT EXISTS traces_by_run ON traces(run_id);
+)
 """
+# Partial: the index is only written for the few spans that carry a run id.
+_CREATE_RUN_INDEX = (
+    "CREATE INDEX IF NOT EXISTS spans_by_run ON spans(run_id) WHERE run_id IS NOT NULL"
+)
+_INSERT = f"INSERT OR REPLACE INTO spans ({_SPAN_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 
 
 def store_path(url: str, base_dir: str | Path | None = None) -> Path:
@@ -116,8 +123,35 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     if create:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+        _migrate(conn)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the file to the current schema; safe when several processes open it at once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+            listed = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {r[0] for r in listed}
+            conn.execute(_CREATE_SPANS)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(spans)")}
+            if "run_id" not in columns:  # version 1: run ids lived in the traces table
+                conn.execute("ALTER TABLE spans ADD COLUMN run_id TEXT")
+            if "traces" in tables:
+                conn.execute(
+                    "UPDATE spans SET run_id = (SELECT run_id FROM traces t "
+                    "WHERE t.trace_id = spans.trace_id) WHERE trace_id IN "
+                    "(SELECT trace_id FROM traces WHERE run_id IS NOT NULL)"
+                )
+                conn.execute("DROP TABLE traces")
+            conn.execute(_CREATE_RUN_INDEX)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # ------------------------------------------------------------------ writing
@@ -132,8 +166,13 @@ _STATUS_NAMES = {code: code.name for code in StatusCode}
 
 
 def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    # tuples encode as JSON arrays, so a plain dict copy is enough
-    return dict(attributes) if attributes else {}
+    # Tuples encode as JSON arrays, so a plain dict copy is enough. The SDK hands
+    # out a read-only proxy over its BoundedAttributes; their ``copy()`` is one C
+    # call, where dict(...) would walk them through Python-level __iter__/__getitem__.
+    if not attributes:
+        return {}
+    copy = getattr(attributes, "copy", None)
+    return copy() if copy is not None else dict(attributes)
 
 
 def _row(span: ReadableSpan, resources: dict[int, tuple[str, str | None, str]]) -> tuple[Any, ...]:
@@ -153,6 +192,8 @@ def _row(span: ReadableSpan, resources: dict[int, tuple[str, str | None, str]]) 
     parent = span.parent
     start = span.start_time or 0
     status = span.status
+    attributes = _attrs(span.attributes)
+    run_id = attributes.get(RUN_ID_ATTRIBUTE)
     return (
         format(ctx.trace_id, "032x"),
         format(ctx.span_id, "016x"),
@@ -165,7 +206,7 @@ def _row(span: ReadableSpan, resources: dict[int, tuple[str, str | None, str]]) 
         span.end_time or start,
         _STATUS_NAMES[status.status_code],
         status.description,
-        _dump(_attrs(span.attributes)),
+        _dump(attributes),
         _dump(
             [
                 {"name": e.name, "time_ns": e.timestamp, "attributes": _attrs(e.attributes)}
@@ -187,6 +228,7 @@ def _row(span: ReadableSpan, resources: dict[int, tuple[str, str | None, str]]) 
         if links
         else "[]",
         cached[2],
+        None if run_id is None else str(run_id),
     )
 
 
@@ -228,34 +270,12 @@ class SqliteSpanExporter(SpanExporter):
                 # Let the service's own threads have the GIL: without this a big
                 # batch holds it for milliseconds and every request waits behind it.
                 time.sleep(0)
-        summaries: dict[str, list[Any]] = {}
-        for span, row in zip(spans, rows, strict=True):
-            run_id = (span.attributes or {}).get(RUN_ID_ATTRIBUTE)
-            s = summaries.setdefault(row[0], [row[7], row[8], 0, 0, None])
-            s[0], s[1] = min(s[0], row[7]), max(s[1], row[8])
-            s[2] += 1
-            s[3] += row[9] == StatusCode.ERROR.name
-            s[4] = s[4] or (str(run_id) if run_id is not None else None)
         try:
             with self._lock:
                 conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO spans VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    conn.executemany(
-                        "INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT(trace_id) DO UPDATE SET "
-                        "start_ns = min(start_ns, excluded.start_ns), "
-                        "end_ns = max(end_ns, excluded.end_ns), "
-                        "span_count = span_count + excluded.span_count, "
-                        "error_count = error_count + excluded.error_count, "
-                        "run_id = coalesce(run_id, excluded.run_id)",
-                        [(tid, *s) for tid, s in summaries.items()],
-                    )
+                    conn.executemany(_INSERT, rows)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -280,7 +300,15 @@ class SqliteSpanExporter(SpanExporter):
 
 
 def prune(conn: sqlite3.Connection, max_spans: int | None, max_age_hours: float | None) -> int:
-    """Drop whole traces, oldest first, beyond the span or age limit. Returns spans removed."""
+    """Drop whole traces, oldest first, beyond the span or age limit. Returns spans removed.
+
+    Rows are appended in export order, so old traces sit at the low ``rowid`` end
+    and both limits are found from there without scanning the young rows:
+
+    * age: the traces among the rows before the first one that ended after the
+      cutoff, unless a later span of theirs did (a long run is kept whole);
+    * count: the traces with a row among the oldest ``count - max_spans`` rows.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         doomed: set[str] = set()
@@ -288,22 +316,31 @@ def prune(conn: sqlite3.Connection, max_spans: int | None, max_age_hours: float 
             cutoff = time.time_ns() - int(max_age_hours * 3600e9)
             doomed.update(
                 r[0]
-                for r in conn.execute("SELECT trace_id FROM traces WHERE end_ns < ?", (cutoff,))
-            )
-        if max_spans is not None:
-            doomed.update(
-                r[0]
                 for r in conn.execute(
-                    "SELECT trace_id FROM (SELECT trace_id, "
-                    "sum(span_count) OVER (ORDER BY start_ns DESC, trace_id) AS total "
-                    "FROM traces) WHERE total > ?",
-                    (max_spans,),
+                    "SELECT trace_id FROM (SELECT DISTINCT trace_id FROM spans WHERE rowid < "
+                    "coalesce((SELECT rowid FROM spans WHERE end_ns >= ?1 ORDER BY rowid LIMIT 1), "
+                    "(SELECT max(rowid) + 1 FROM spans))) AS old "
+                    "WHERE (SELECT max(end_ns) FROM spans s WHERE s.trace_id = old.trace_id) < ?1",
+                    (cutoff,),
                 )
             )
+        if max_spans is not None:
+            low, high = conn.execute("SELECT min(rowid), max(rowid) FROM spans").fetchone()
+            # rowids are unique, so high - low + 1 bounds the count without a scan
+            if low is not None and high - low + 1 > max_spans:
+                beyond = conn.execute(
+                    "SELECT rowid FROM spans ORDER BY rowid DESC LIMIT 1 OFFSET ?", (max_spans,)
+                ).fetchone()
+                if beyond is not None:
+                    doomed.update(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT DISTINCT trace_id FROM spans WHERE rowid <= ?", (beyond[0],)
+                        )
+                    )
         removed = 0
         for trace_id in doomed:
             removed += conn.execute("DELETE FROM spans WHERE trace_id = ?", (trace_id,)).rowcount
-            conn.execute("DELETE FROM traces WHERE trace_id = ?", (trace_id,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -18,7 +18,13 @@ from typing import Any
 from opentelemetry.trace import StatusCode
 
 from microhive.errors import InvalidInput, NotFound
-from microhive.tracing._sqlite import DEFAULT_STORE_URL, connect, prune, store_path
+from microhive.tracing._sqlite import (
+    _SPAN_COLUMNS,
+    DEFAULT_STORE_URL,
+    connect,
+    prune,
+    store_path,
+)
 
 __all__ = ["StoredSpan", "TraceStore", "TraceSummary"]
 
@@ -110,10 +116,10 @@ class TraceSummary:
         }
 
 
-_SPAN_COLUMNS = (
-    "trace_id, span_id, parent_id, name, kind, service, instance, start_ns, end_ns, "
-    "status, status_message, attributes, events, links, resource"
-)
+#: Rows looked at first when finding the most recent traces (grown 4x until enough).
+_RECENT_WINDOW = 512
+#: Latest active traces :meth:`TraceStore.last` picks the newest start from.
+_LAST_CANDIDATES = 20
 
 
 def _span(row: sqlite3.Row | tuple[Any, ...]) -> StoredSpan:
@@ -157,36 +163,56 @@ class TraceStore:
     # -------------------------------------------------------------- queries
 
     def traces(self, limit: int = 20) -> list[TraceSummary]:
-        """The most recent traces first, with root span, service count, duration, errors."""
+        """The most recent traces, newest start first, with root span, services, errors.
+
+        "Recent" is read from the end of the store: spans are appended as they are
+        exported, so the traces of the newest rows are the latest active ones.
+        """
         if limit < 1:
             raise InvalidInput(f"limit must be at least 1, got {limit}")
-        rows = self._db().execute(
-            "SELECT trace_id, start_ns, end_ns, span_count, error_count, run_id FROM traces "
-            "ORDER BY start_ns DESC, trace_id LIMIT ?",
-            (limit,),
-        )
-        return [self._summary(tuple(r)) for r in rows.fetchall()]
+        found = [s for s in map(self._summary, self._recent(limit)) if s is not None]
+        found.sort(key=lambda t: (-t.start_ns, t.trace_id))
+        return found
 
-    def _summary(self, row: tuple[Any, ...]) -> TraceSummary:
+    def _recent(self, limit: int) -> list[str]:
         db = self._db()
-        trace_id = row[0]
+        top = db.execute("SELECT max(rowid) FROM spans").fetchone()[0]
+        if top is None:
+            return []
+        window = _RECENT_WINDOW
+        while True:
+            rows = db.execute(
+                "SELECT trace_id, max(rowid) AS newest FROM spans WHERE rowid > ? "
+                "GROUP BY trace_id ORDER BY newest DESC LIMIT ?",
+                (top - window, limit),
+            ).fetchall()
+            if len(rows) >= limit or top - window <= 0:
+                return [str(r[0]) for r in rows]
+            window *= 4
+
+    def _summary(self, trace_id: str) -> TraceSummary | None:
+        db = self._db()
+        start, end, count, errors, run_id, services = db.execute(
+            "SELECT min(start_ns), max(end_ns), count(*), sum(status = ?), max(run_id), "
+            "count(DISTINCT service) FROM spans WHERE trace_id = ?",
+            (StatusCode.ERROR.name, trace_id),
+        ).fetchone()
+        if not count:
+            return None
         root = db.execute(
             "SELECT name, service FROM spans s WHERE trace_id = ?1 AND (parent_id IS NULL "
             "OR NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace_id = ?1 "
             "AND p.span_id = s.parent_id)) ORDER BY start_ns LIMIT 1",
             (trace_id,),
         ).fetchone()
-        services = db.execute(
-            "SELECT count(DISTINCT service) FROM spans WHERE trace_id = ?", (trace_id,)
-        ).fetchone()[0]
         name, service = root if root is not None else ("?", "?")
         return TraceSummary(
             trace_id=trace_id,
-            start_ns=row[1],
-            end_ns=row[2],
-            span_count=row[3],
-            error_count=row[4],
-            run_id=row[5],
+            start_ns=start,
+            end_ns=end,
+            span_count=count,
+            error_count=errors,
+            run_id=run_id,
             root_name=name,
             root_service=service,
             service_count=services,
@@ -201,18 +227,10 @@ class TraceStore:
         return [_span(r) for r in rows.fetchall()]
 
     def summary(self, trace_id: str) -> TraceSummary:
-        row = (
-            self._db()
-            .execute(
-                "SELECT trace_id, start_ns, end_ns, span_count, error_count, run_id "
-                "FROM traces WHERE trace_id = ?",
-                (trace_id.lower(),),
-            )
-            .fetchone()
-        )
-        if row is None:
+        found = self._summary(trace_id.lower())
+        if found is None:
             raise NotFound(f"no trace {trace_id} in {self.path}")
-        return self._summary(tuple(row))
+        return found
 
     def find(self, ref: str) -> str:
         """The trace id for a run id or a trace id prefix (at least 4 hex digits).
@@ -224,7 +242,7 @@ class TraceStore:
             raise InvalidInput("give a run id or a trace id (or --last)")
         db = self._db()
         row = db.execute(
-            "SELECT trace_id FROM traces WHERE run_id = ? ORDER BY start_ns DESC LIMIT 1", (ref,)
+            "SELECT trace_id FROM spans WHERE run_id = ? ORDER BY start_ns DESC LIMIT 1", (ref,)
         ).fetchone()
         if row is not None:
             return str(row[0])
@@ -233,7 +251,8 @@ class TraceStore:
             matches = [
                 r[0]
                 for r in db.execute(
-                    "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? LIMIT 6",
+                    "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? "
+                    "LIMIT 6",
                     (prefix, prefix + "g"),
                 )
             ]
@@ -247,8 +266,8 @@ class TraceStore:
         raise NotFound(f"no trace with run id or trace id {ref!r} in {self.path}")
 
     def last(self) -> str:
-        """The id of the most recently started trace."""
-        found = self.traces(limit=1)
+        """The id of the most recently started trace (among the latest active ones)."""
+        found = self.traces(limit=_LAST_CANDIDATES)
         if not found:
             raise NotFound(f"the trace store {self.path} holds no traces yet")
         return found[0].trace_id
