@@ -194,47 +194,77 @@ def test_sampling_keeps_runs_whole(store_url: str) -> None:
         assert [t.root_name for t in store.traces()] == ["POST /a"]
 
 
-# The schema before version 2: a per-trace summary table kept up to date on every batch.
-_V1_SCHEMA = """
+# Layouts before version 3 keyed spans by the hex trace id. Version 1 kept a per-trace
+# summary table (with the run id), version 2 a run_id column on spans.
+_OLD_SPANS = """
 CREATE TABLE spans (
     trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
     kind TEXT NOT NULL, service TEXT NOT NULL, instance TEXT, start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL, status TEXT NOT NULL, status_message TEXT,
     attributes TEXT NOT NULL, events TEXT NOT NULL, links TEXT NOT NULL,
-    resource TEXT NOT NULL, PRIMARY KEY (trace_id, span_id)
+    resource TEXT NOT NULL{extra}, PRIMARY KEY (trace_id, span_id)
 );
+"""
+_V1_SCHEMA = (
+    _OLD_SPANS.format(extra="")
+    + """
 CREATE TABLE traces (
     trace_id TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
     span_count INTEGER NOT NULL, error_count INTEGER NOT NULL, run_id TEXT
 );
+CREATE INDEX traces_by_start ON traces(start_ns);
+CREATE INDEX traces_by_run ON traces(run_id);
 """
+)
+_V2_SCHEMA = (
+    _OLD_SPANS.format(extra=", run_id TEXT")
+    + """
+CREATE INDEX spans_by_run ON spans(run_id) WHERE run_id IS NOT NULL;
+PRAGMA user_version = 2;
+"""
+)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 def test_a_store_written_by_an_older_version_is_migrated_and_keeps_its_run_ids(
-    tmp_path: Path,
+    tmp_path: Path, version: int
 ) -> None:
     import sqlite3
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.executescript(_V1_SCHEMA)
-        for n, (trace, run_id) in enumerate((("a" * 32, "run-a"), ("b" * 32, None))):
-            db.execute(
-                "INSERT INTO spans VALUES (?, ?, NULL, ?, 'SERVER', 'svc', NULL, ?, ?, "
-                "'UNSET', NULL, ?, '[]', '[]', '{}')",
-                (trace, f"{n + 1:016x}", f"root {n}", n * 10, n * 10 + 5, '{"k": 1}'),
-            )
-            db.execute("INSERT INTO traces VALUES (?, ?, ?, 1, 0, ?)", (trace, n * 10, 5, run_id))
+        db.executescript(_V1_SCHEMA if version == 1 else _V2_SCHEMA)
+        # written in the order b, a: the migrated store must keep that order
+        for n, (trace, run_id) in enumerate((("b" * 32, None), ("a" * 32, "run-a"))):
+            values = (trace, f"{n + 1:016x}", f"root {n}", 20 - n * 10, 25 - n * 10, '{"k": 1}')
+            if version == 1:
+                db.execute(
+                    "INSERT INTO spans VALUES (?, ?, NULL, ?, 'SERVER', 'svc', NULL, ?, ?, "
+                    "'UNSET', NULL, ?, '[]', '[]', '{}')",
+                    values,
+                )
+                db.execute("INSERT INTO traces VALUES (?, 0, 0, 1, 0, ?)", (trace, run_id))
+            else:
+                db.execute(
+                    "INSERT INTO spans VALUES (?, ?, NULL, ?, 'SERVER', 'svc', NULL, ?, ?, "
+                    "'UNSET', NULL, ?, '[]', '[]', '{}', ?)",
+                    (*values, run_id),
+                )
     db.close()
     with TraceStore(f"sqlite:///{path}") as store:
         assert store.find("run-a") == "a" * 32
-        assert [t.trace_id for t in store.traces()] == ["b" * 32, "a" * 32]
+        assert [t.trace_id for t in store.traces()] == ["b" * 32, "a" * 32]  # by start
         assert store.traces()[1].run_id == "run-a"
         assert store.spans("a" * 32)[0].attributes == {"k": 1}
+        assert store.find("aaaa") == "a" * 32
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"spans"}
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert tables == {"spans", "traces"}
+        assert [r[0] for r in db.execute("SELECT trace_id FROM traces ORDER BY id")] == [
+            "b" * 32,
+            "a" * 32,
+        ]
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
     # and the migrated file takes new spans with their run ids
     exporter = SqliteSpanExporter(path)
@@ -247,10 +277,28 @@ def test_a_store_written_by_an_older_version_is_migrated_and_keeps_its_run_ids(
         assert store.count_spans() == 3
 
 
-def test_recent_traces_come_from_the_newest_rows_even_past_the_first_window(
+def test_spans_of_one_trace_from_several_batches_and_exporters_share_one_key(
     tmp_path: Path,
 ) -> None:
-    """One big trace written last must not hide the traces before it from the list."""
+    """Each process sees a trace for the first time on its own; they must agree on it."""
+    path = tmp_path / "t.db"
+    first, second = SqliteSpanExporter(path), SqliteSpanExporter(path)
+    spans = [
+        ReadableSpan(f"s{n}", context=SpanContext(0xF00D, n + 1, False), start_time=n, end_time=n)
+        for n in range(4)
+    ]
+    assert first.export(spans[:1]) is SpanExportResult.SUCCESS
+    assert second.export(spans[1:3]) is SpanExportResult.SUCCESS
+    assert first.export(spans[3:]) is SpanExportResult.SUCCESS
+    first.shutdown()
+    second.shutdown()
+    with TraceStore(f"sqlite:///{path}") as store:
+        (listed,) = store.traces()
+        assert listed.span_count == 4
+        assert [s.name for s in store.spans(f"{0xF00D:032x}")] == ["s0", "s1", "s2", "s3"]
+
+
+def test_one_big_trace_does_not_hide_the_traces_before_it(tmp_path: Path) -> None:
     exporter = SqliteSpanExporter(tmp_path / "t.db")
     small = [
         ReadableSpan(f"small{n}", context=SpanContext(n + 1, 1, False), start_time=n, end_time=n)

@@ -18,13 +18,7 @@ from typing import Any
 from opentelemetry.trace import StatusCode
 
 from microhive.errors import InvalidInput, NotFound
-from microhive.tracing._sqlite import (
-    _SPAN_COLUMNS,
-    DEFAULT_STORE_URL,
-    connect,
-    prune,
-    store_path,
-)
+from microhive.tracing._sqlite import _SPAN_FIELDS, DEFAULT_STORE_URL, connect, prune, store_path
 
 __all__ = ["StoredSpan", "TraceStore", "TraceSummary"]
 
@@ -116,29 +110,28 @@ class TraceSummary:
         }
 
 
-#: Rows looked at first when finding the most recent traces (grown 4x until enough).
-_RECENT_WINDOW = 512
 #: Latest active traces :meth:`TraceStore.last` picks the newest start from.
 _LAST_CANDIDATES = 20
 
 
-def _span(row: sqlite3.Row | tuple[Any, ...]) -> StoredSpan:
+def _span(trace_id: str, row: sqlite3.Row | tuple[Any, ...]) -> StoredSpan:
+    """A span from a row of :data:`~microhive.tracing._sqlite._SPAN_FIELDS`."""
     return StoredSpan(
-        trace_id=row[0],
-        span_id=row[1],
-        parent_id=row[2],
-        name=row[3],
-        kind=row[4],
-        service=row[5],
-        instance=row[6],
-        start_ns=row[7],
-        end_ns=row[8],
-        status=row[9],
-        status_message=row[10],
-        attributes=json.loads(row[11]),
-        events=json.loads(row[12]),
-        links=json.loads(row[13]),
-        resource=json.loads(row[14]),
+        trace_id=trace_id,
+        span_id=row[0],
+        parent_id=row[1],
+        name=row[2],
+        kind=row[3],
+        service=row[4],
+        instance=row[5],
+        start_ns=row[6],
+        end_ns=row[7],
+        status=row[8],
+        status_message=row[9],
+        attributes=json.loads(row[10]),
+        events=json.loads(row[11]),
+        links=json.loads(row[12]),
+        resource=json.loads(row[13]),
     )
 
 
@@ -165,45 +158,37 @@ class TraceStore:
     def traces(self, limit: int = 20) -> list[TraceSummary]:
         """The most recent traces, newest start first, with root span, services, errors.
 
-        "Recent" is read from the end of the store: spans are appended as they are
-        exported, so the traces of the newest rows are the latest active ones.
+        "Recent" is the order the store first saw them in (its trace keys), which
+        is their start order up to the exporters' half-second batching.
         """
         if limit < 1:
             raise InvalidInput(f"limit must be at least 1, got {limit}")
-        found = [s for s in map(self._summary, self._recent(limit)) if s is not None]
+        newest = self._db().execute(
+            "SELECT id, trace_id FROM traces ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        found = [s for s in (self._summary(*row) for row in newest.fetchall()) if s is not None]
         found.sort(key=lambda t: (-t.start_ns, t.trace_id))
         return found
 
-    def _recent(self, limit: int) -> list[str]:
-        db = self._db()
-        top = db.execute("SELECT max(rowid) FROM spans").fetchone()[0]
-        if top is None:
-            return []
-        window = _RECENT_WINDOW
-        while True:
-            rows = db.execute(
-                "SELECT trace_id, max(rowid) AS newest FROM spans WHERE rowid > ? "
-                "GROUP BY trace_id ORDER BY newest DESC LIMIT ?",
-                (top - window, limit),
-            ).fetchall()
-            if len(rows) >= limit or top - window <= 0:
-                return [str(r[0]) for r in rows]
-            window *= 4
+    def _key(self, trace_id: str) -> int | None:
+        row = self._db().execute("SELECT id FROM traces WHERE trace_id = ?", (trace_id,))
+        found = row.fetchone()
+        return None if found is None else int(found[0])
 
-    def _summary(self, trace_id: str) -> TraceSummary | None:
+    def _summary(self, key: int, trace_id: str) -> TraceSummary | None:
         db = self._db()
         start, end, count, errors, run_id, services = db.execute(
             "SELECT min(start_ns), max(end_ns), count(*), sum(status = ?), max(run_id), "
-            "count(DISTINCT service) FROM spans WHERE trace_id = ?",
-            (StatusCode.ERROR.name, trace_id),
+            "count(DISTINCT service) FROM spans WHERE trace = ?",
+            (StatusCode.ERROR.name, key),
         ).fetchone()
         if not count:
             return None
         root = db.execute(
-            "SELECT name, service FROM spans s WHERE trace_id = ?1 AND (parent_id IS NULL "
-            "OR NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace_id = ?1 "
+            "SELECT name, service FROM spans s WHERE trace = ?1 AND (parent_id IS NULL "
+            "OR NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace = ?1 "
             "AND p.span_id = s.parent_id)) ORDER BY start_ns LIMIT 1",
-            (trace_id,),
+            (key,),
         ).fetchone()
         name, service = root if root is not None else ("?", "?")
         return TraceSummary(
@@ -220,14 +205,19 @@ class TraceStore:
 
     def spans(self, trace_id: str) -> list[StoredSpan]:
         """Every stored span of one trace (full 32-digit id), in start order."""
+        trace_id = trace_id.lower()
+        key = self._key(trace_id)
+        if key is None:
+            return []
         rows = self._db().execute(
-            f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
-            (trace_id.lower(),),
+            f"SELECT {_SPAN_FIELDS} FROM spans WHERE trace = ? ORDER BY start_ns, span_id", (key,)
         )
-        return [_span(r) for r in rows.fetchall()]
+        return [_span(trace_id, r) for r in rows.fetchall()]
 
     def summary(self, trace_id: str) -> TraceSummary:
-        found = self._summary(trace_id.lower())
+        trace_id = trace_id.lower()
+        key = self._key(trace_id)
+        found = None if key is None else self._summary(key, trace_id)
         if found is None:
             raise NotFound(f"no trace {trace_id} in {self.path}")
         return found
@@ -242,7 +232,9 @@ class TraceStore:
             raise InvalidInput("give a run id or a trace id (or --last)")
         db = self._db()
         row = db.execute(
-            "SELECT trace_id FROM spans WHERE run_id = ? ORDER BY start_ns DESC LIMIT 1", (ref,)
+            "SELECT t.trace_id FROM spans s JOIN traces t ON t.id = s.trace "
+            "WHERE s.run_id = ? ORDER BY s.start_ns DESC LIMIT 1",
+            (ref,),
         ).fetchone()
         if row is not None:
             return str(row[0])
@@ -251,15 +243,14 @@ class TraceStore:
             matches = [
                 r[0]
                 for r in db.execute(
-                    "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? "
-                    "LIMIT 6",
+                    "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? LIMIT 6",
                     (prefix, prefix + "g"),
                 )
             ]
             if len(matches) == 1:
                 return str(matches[0])
             if len(matches) > 1:
-                shown = ", ".join(m[:12] for m in matches[:5])
+                shown = ", ".join(m[:16] for m in matches[:5])
                 raise InvalidInput(
                     f"trace id prefix {ref!r} is ambiguous ({shown}, ...); give more digits"
                 )
