@@ -39,6 +39,7 @@ out). Both raise the typed :class:`~microhive.errors.Stop` errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -184,7 +185,12 @@ class CallContext:
 
     def otel_context(self) -> Context:
         """The OpenTelemetry context holding the remote parent span of this hop."""
-        return propagate.extract(dict(self.trace))
+        trace_carrier = self.trace
+        return _extract(
+            propagate.get_global_textmap(),
+            trace_carrier.get("traceparent"),
+            trace_carrier.get("tracestate"),
+        )[0]
 
     @property
     def traceparent(self) -> str | None:
@@ -303,13 +309,46 @@ _DEFAULT = CallContext()
 
 def _trace_from(carrier: Mapping[str, str]) -> dict[str, str]:
     """Keep the trace headers only if OpenTelemetry accepts them (W3C: ignore invalid)."""
-    picked = {k: carrier[k] for k in _TRACE_KEYS if k in carrier}
-    if not picked:
+    traceparent = carrier.get("traceparent")
+    if traceparent is None:
         return {}
+    kept = _extract(propagate.get_global_textmap(), traceparent, carrier.get("tracestate"))[1]
+    return dict(kept)
+
+
+def remote_parent(carrier: Mapping[str, str]) -> Context | None:
+    """The OTel context of a carrier's ``traceparent``/``tracestate``, or ``None`` if invalid.
+
+    Keys must already be lower case. Shares :func:`_extract`'s cache.
+    """
+    traceparent = carrier.get("traceparent")
+    if traceparent is None:
+        return None
+    extracted, kept = _extract(
+        propagate.get_global_textmap(), traceparent, carrier.get("tracestate")
+    )
+    return extracted if kept else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _extract(
+    textmap: object, traceparent: str | None, tracestate: str | None
+) -> tuple[Context, tuple[tuple[str, str], ...]]:
+    """The OTel context of a trace carrier, and the carrier as OTel writes it back.
+
+    One hop reads the same ``traceparent`` several times (the HTTP layer, the MCP
+    layer, the span helpers); parsing it costs microseconds each time, so the
+    result is kept per carrier (and per global propagator, which may be replaced).
+    ``Context`` is immutable, so sharing it is safe. An invalid carrier gives an
+    empty one back: W3C says to ignore it and start a new trace.
+    """
+    picked = {"traceparent": traceparent} if traceparent is not None else {}
+    if tracestate is not None:
+        picked["tracestate"] = tracestate
     extracted = propagate.extract(picked)
     if not trace.get_current_span(extracted).get_span_context().is_valid:
-        return {}
-    return _trace_carrier_from(extracted)
+        return extracted, ()
+    return extracted, tuple(_trace_carrier_from(extracted).items())
 
 
 def _parse(name: str, key: str, raw: Any) -> int | float:

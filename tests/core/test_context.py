@@ -164,3 +164,24 @@ def test_global_tracer_provider_is_not_required() -> None:
     ctx = CallContext.new(max_hops=3)
     assert ctx.trace_id is None
     assert CallContext.from_headers(ctx.to_headers()) == ctx
+
+
+def test_parsed_carriers_are_reused_but_follow_a_replaced_propagator() -> None:
+    """Parsing is cached per carrier and per global propagator, never across them."""
+    from opentelemetry import propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    first = CallContext.from_meta({"traceparent": parent})
+    again = CallContext.from_meta({"traceparent": parent})
+    assert first.trace == again.trace == {"traceparent": parent}
+    assert first.trace is not again.trace  # each context owns its carrier
+    assert first.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([]))  # propagates nothing
+    try:
+        assert CallContext.from_meta({"traceparent": parent}).trace == {}
+        assert first.trace_id is None  # the same carrier, read by the new propagator
+    finally:
+        propagate.set_global_textmap(previous)
+    assert first.trace_id == "0af7651916cd43dd8448eb211c80319c"

@@ -45,7 +45,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from microhive.context import CallContext
+from microhive.context import CallContext, remote_parent
 from microhive.tracing._events import context_attributes, record_error
 from microhive.tracing._sqlite import RUN_ID_ATTRIBUTE
 
@@ -357,11 +357,7 @@ def publish_span(
 def creation_context(headers: Mapping[str, str]) -> Context | None:
     """The OpenTelemetry context a message was created in, from its headers (or ``None``)."""
     carrier = {k.lower(): v for k, v in headers.items() if k.lower() in _TRACE_KEYS}
-    if not carrier:
-        return None
-    extracted = propagate.extract(carrier)
-    valid = trace.get_current_span(extracted).get_span_context().is_valid
-    return extracted if valid else None
+    return remote_parent(carrier) if carrier else None
 
 
 def process_span(
