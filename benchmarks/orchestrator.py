@@ -41,7 +41,6 @@ import math
 import os
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from microhive.tracing import TraceStore
 
 MODEL_DELAY = 0.5
 REPLICAS = 8
@@ -262,19 +263,14 @@ def _overheads(
     span (the worker's handling of a sub-task, which ends once its result is
     published), read from the trace store.
     """
-    conn = sqlite3.connect(root / ".microhive" / "traces.db")
-    try:
-        rows = conn.execute(
-            "SELECT instance, attributes, start_ns, end_ns FROM spans "
-            "WHERE trace_id = ? AND name = 'invoke_agent worker'",
-            (trace_id,),
-        ).fetchall()
-    finally:
-        conn.close()
+    with TraceStore(f"sqlite:///{root / '.microhive' / 'traces.db'}") as store:
+        rows = [s for s in store.spans(trace_id) if s.name == "invoke_agent worker"]
     handled: dict[str, list[tuple[float, float, str]]] = {}
-    for instance, attributes, start_ns, end_ns in rows:
-        task = json.loads(attributes)["microhive.task_id"]
-        handled.setdefault(instance, []).append((start_ns / 1e9, end_ns / 1e9, task))
+    for span in rows:
+        task = span.attributes["microhive.task_id"]
+        handled.setdefault(span.instance or "", []).append(
+            (span.start_ns / 1e9, span.end_ns / 1e9, task)
+        )
     if sorted(t for spans in handled.values() for *_, t in spans) != sorted(finished):
         raise SystemExit(f"trace store: {len(rows)} sub-tasks handled, {len(finished)} finished")
     out = []

@@ -14,7 +14,9 @@ context in ``params._meta``.
 Modes, rounds interleaved so drift on a shared machine hits all of them alike:
 ``on`` (everything traced), ``sampled`` (the agent samples 10% of runs; the
 services follow its decision), ``off`` (tracing disabled). Each runs sequential
-calls and 16 concurrent callers.
+calls and 16 concurrent callers. Each timed window lasts seconds, several times
+the exporters' 0.5 s schedule: with windows shorter than that, whether an export
+burst fell inside a window or just after it decided much of a round's ratio.
 
 Run: ``.venv/bin/python benchmarks/tracing.py [--quick] [--json]``.
 """
@@ -238,7 +240,7 @@ async def _measure_modes(
             return call
 
         for mode in modes:
-            await _arate(one(mode), 50, 1)  # warm up connections and code paths
+            await _arate(one(mode), 200, CONCURRENCY)  # warm up connections and code paths
         await anyio.to_thread.run_sync(drain)
         for r in range(rounds):
             order = modes[r % 3 :] + modes[: r % 3]  # no mode always follows another
@@ -362,7 +364,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
 
-    calls, rounds, spans = (150, 3, 3000) if args.quick else (300, 7, 10000)
+    calls, rounds, spans = (400, 3, 3000) if args.quick else (1200, 5, 10000)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         gateway = measure_gateway(calls, rounds, folder)
