@@ -18,7 +18,10 @@ calls and 16 concurrent callers. Each timed window lasts seconds, several times
 the exporters' 0.5 s schedule: with windows shorter than that, whether an export
 burst fell inside a window or just after it decided much of a round's ratio.
 
-Run: ``.venv/bin/python benchmarks/tracing.py [--quick] [--json]``.
+``--noise`` adds an A/A control: the same rounds against two identical untraced
+meshes, whose ratio shows how far from 1.0 this machine puts two equal things.
+
+Run: ``.venv/bin/python benchmarks/tracing.py [--quick] [--json] [--noise]``.
 """
 
 from __future__ import annotations
@@ -293,6 +296,54 @@ def measure_gateway(calls: int, rounds: int, folder: Path) -> dict[str, float]:
     return result
 
 
+def measure_noise(calls: int, rounds: int, folder: Path) -> dict[str, float]:
+    """The harness's own noise: the same rounds against two *identical* untraced meshes.
+
+    Whatever ratio this reads is what the machine does to two equal things, so a
+    traced/untraced ratio within that distance of 1.0 cannot be told from it.
+    """
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run(urls: list[str]) -> dict[str, float]:
+        noop = NoOpTracerProvider()
+        limits = httpx2.Limits(keepalive_expiry=3.0)
+        out: dict[str, float] = {}
+        async with (
+            httpx2.AsyncClient(limits=limits, timeout=30) as http_a,
+            httpx2.AsyncClient(limits=limits, timeout=30) as http_b,
+            Client(streamable_http_client(urls[0], http_client=http_a), cache=None) as a,
+            Client(streamable_http_client(urls[1], http_client=http_b), cache=None) as b,
+        ):
+            clients = (a, b)
+
+            def one(k: int) -> Callable[[int], Awaitable[None]]:
+                async def call(i: int) -> None:
+                    await call_tool_through_gateway(clients[k], i, noop)
+
+                return call
+
+            for k in (0, 1):
+                await _arate(one(k), 200, CONCURRENCY)
+            for kind, concurrency in (("sequential", 1), ("concurrent", CONCURRENCY)):
+                ratios = []
+                for r in range(rounds):
+                    rates = [0.0, 0.0]
+                    for k in (0, 1) if r % 2 == 0 else (1, 0):
+                        rates[k] = await _arate(one(k), calls, concurrency)
+                    ratios.append(rates[0] / rates[1])
+                out[kind] = statistics.median(ratios)
+                out[f"{kind}.low"], out[f"{kind}.high"] = min(ratios), max(ratios)
+        return out
+
+    with (
+        start_gateway(folder / "a", traced=False) as (url_a, _),
+        start_gateway(folder / "b", traced=False) as (url_b, _),
+    ):
+        return asyncio.run(run([url_a, url_b]))
+
+
 def measure_span_set(n: int, store_url: str) -> dict[str, float]:
     """CPU microseconds per call for the span set alone (no network), traced and untraced.
 
@@ -361,6 +412,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    parser.add_argument(
+        "--noise",
+        action="store_true",
+        help="also measure the harness's noise: two identical untraced meshes (an A/A run)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
 
@@ -372,6 +428,7 @@ def main() -> None:
         store_rate = measure_store(spans, folder / "store.db")
         with TraceStore(f"sqlite:///{folder / 'traced' / 'traces.db'}") as store:
             stored = store.count_spans()
+        noise = measure_noise(calls, rounds, folder / "noise") if args.noise else None
 
     rows: list[dict[str, Any]] = []
     for kind in ("sequential", "concurrent"):
@@ -396,6 +453,23 @@ def main() -> None:
                 "target": None,
             }
         )
+    for kind in ("sequential", "concurrent") if noise is not None else ():
+        assert noise is not None
+        for stat, value in (
+            ("median", noise[kind]),
+            ("lowest_round", noise[f"{kind}.low"]),
+            ("highest_round", noise[f"{kind}.high"]),
+        ):
+            rows.append(
+                {
+                    "metric": f"{kind}.noise_untraced_vs_untraced_{stat}",
+                    "value": round(value, 3),
+                    "unit": "ratio",
+                    "baseline": 1.0,
+                    "ratio": round(value, 3),
+                    "target": None,
+                }
+            )
     rows += [
         {
             "metric": "span_set_cpu_us_per_call",
