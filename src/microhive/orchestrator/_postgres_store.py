@@ -289,20 +289,8 @@ class PostgresWorkflowStore(WorkflowStore):
             )
             if found is None:
                 raise NotFound(f"no run {run_id!r}")
-            seq = await conn.fetchval(
-                f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {self._p}run_events WHERE run_id = $1",
-                run_id,
-            )
-            await conn.execute(
-                f"INSERT INTO {self._p}run_events (run_id, seq, type, data, at) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                run_id,
-                seq,
-                type,
-                json.dumps(data),
-                at,
-            )
-        return RunEvent(run_id, int(seq), type, data, at)
+            seq = await self._insert_event(conn, run_id, None, (type, data), at)
+        return RunEvent(run_id, seq, type, data, at)
 
     async def events(self, run_id: str, *, after: int = 0) -> list[RunEvent]:
         await self.get_run(run_id)

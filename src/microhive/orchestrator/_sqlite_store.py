@@ -276,16 +276,12 @@ class SqliteWorkflowStore(WorkflowStore):
 
     async def append_event(self, run_id: str, type: str, data: dict[str, Any]) -> RunEvent:
         at = time.time()
-        payload = json.dumps(data)
 
         def insert(conn: sqlite3.Connection) -> int:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise NotFound(f"no run {run_id!r}")
             seq = _last_seq(conn, run_id) + 1
-            conn.execute(
-                "INSERT INTO run_events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
-                (run_id, seq, type, payload, at),
-            )
+            _insert_event(conn, run_id, seq, (type, data), at)
             return seq
 
         seq = await self._run(insert)
