@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -215,13 +215,17 @@ async def _measure_modes(
     cpu: Callable[[], float],
     calls: int,
     rounds: int,
+    modes: Sequence[str] = ("on", "sampled", "off"),
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """Per kind and mode, one (calls/s, CPU ms per call) pair per round."""
+    """Per kind and mode, one (calls/s, CPU ms per call) pair per round.
+
+    ``on`` and ``sampled`` share the session to ``urls["on"]``; ``off`` uses ``urls["off"]``.
+    """
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    modes = ["on", "sampled", "off"]
+    modes = list(modes)
     rates: dict[str, dict[str, list[tuple[float, float]]]] = {
         kind: {mode: [] for mode in modes} for kind in ("sequential", "concurrent")
     }
@@ -246,7 +250,8 @@ async def _measure_modes(
             await _arate(one(mode), 200, CONCURRENCY)  # warm up connections and code paths
         await anyio.to_thread.run_sync(drain)
         for r in range(rounds):
-            order = modes[r % 3 :] + modes[: r % 3]  # no mode always follows another
+            shift = r % len(modes)
+            order = modes[shift:] + modes[:shift]  # no mode always follows another
             for kind, concurrency in (("sequential", 1), ("concurrent", CONCURRENCY)):
                 for mode in order:
                     before = cpu()
@@ -302,46 +307,28 @@ def measure_noise(calls: int, rounds: int, folder: Path) -> dict[str, float]:
     Whatever ratio this reads is what the machine does to two equal things, so a
     traced/untraced ratio within that distance of 1.0 cannot be told from it.
     """
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    async def run(urls: list[str]) -> dict[str, float]:
-        noop = NoOpTracerProvider()
-        limits = httpx2.Limits(keepalive_expiry=3.0)
-        out: dict[str, float] = {}
-        async with (
-            httpx2.AsyncClient(limits=limits, timeout=30) as http_a,
-            httpx2.AsyncClient(limits=limits, timeout=30) as http_b,
-            Client(streamable_http_client(urls[0], http_client=http_a), cache=None) as a,
-            Client(streamable_http_client(urls[1], http_client=http_b), cache=None) as b,
-        ):
-            clients = (a, b)
-
-            def one(k: int) -> Callable[[int], Awaitable[None]]:
-                async def call(i: int) -> None:
-                    await call_tool_through_gateway(clients[k], i, noop)
-
-                return call
-
-            for k in (0, 1):
-                await _arate(one(k), 200, CONCURRENCY)
-            for kind, concurrency in (("sequential", 1), ("concurrent", CONCURRENCY)):
-                ratios = []
-                for r in range(rounds):
-                    rates = [0.0, 0.0]
-                    for k in (0, 1) if r % 2 == 0 else (1, 0):
-                        rates[k] = await _arate(one(k), calls, concurrency)
-                    ratios.append(rates[0] / rates[1])
-                out[kind] = statistics.median(ratios)
-                out[f"{kind}.low"], out[f"{kind}.high"] = min(ratios), max(ratios)
-        return out
-
+    noop = NoOpTracerProvider()
     with (
         start_gateway(folder / "a", traced=False) as (url_a, _),
         start_gateway(folder / "b", traced=False) as (url_b, _),
     ):
-        return asyncio.run(run([url_a, url_b]))
+        rates = asyncio.run(
+            _measure_modes(
+                {"on": url_a, "off": url_b},
+                {"on": noop, "off": noop},
+                drain=lambda: None,  # nothing is exported
+                cpu=lambda: 0.0,
+                calls=calls,
+                rounds=rounds,
+                modes=("on", "off"),
+            )
+        )
+    out: dict[str, float] = {}
+    for kind, by_mode in rates.items():
+        ratios = [a[0] / b[0] for a, b in zip(by_mode["on"], by_mode["off"], strict=True)]
+        out[kind] = statistics.median(ratios)
+        out[f"{kind}.low"], out[f"{kind}.high"] = min(ratios), max(ratios)
+    return out
 
 
 def measure_span_set(n: int, store_url: str) -> dict[str, float]:
