@@ -68,30 +68,19 @@ def serve_upstream(port: int, stack: str) -> None:
     )
 
 
-class _SettledServer:
-    """uvicorn's server, tuning the heap once started, as ``microhive serve`` does."""
-
-    def __init__(self, config: Any) -> None:
-        import uvicorn
-
-        from microhive.service import settle_heap
-
-        class Server(uvicorn.Server):
-            async def startup(self, sockets: Any = None) -> None:
-                await super().startup(sockets=sockets)
-                settle_heap()
-
-        self._server = Server(config)
-
-    async def serve(self) -> None:
-        await self._server.serve()
-
-
 def serve_gateway(port: int, upstream: str, stack: str) -> None:
     import uvicorn
 
     from microhive.mcp.gateway import Gateway, GatewayHTTP, GatewaySettings, RoleAuth
     from microhive.mcp.registry import Registry, UpstreamSpec
+    from microhive.service import settle_heap
+
+    class SettledServer(uvicorn.Server):
+        """Tunes the heap once started, as ``microhive serve`` does."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            settle_heap()
 
     logging.disable(logging.WARNING)
 
@@ -110,7 +99,7 @@ def serve_gateway(port: int, upstream: str, stack: str) -> None:
                     lifespan="off",
                     http="h11" if stack == "h11" else "auto",
                 )
-                await _SettledServer(config).serve()
+                await SettledServer(config).serve()
 
     factory = None
     if stack != "h11":
