@@ -43,7 +43,7 @@ typecheck: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-all
+bench: $(VENV)/.installed-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
