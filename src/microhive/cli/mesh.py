@@ -177,11 +177,12 @@ def up(
     if not json_out:
         _render.failures(err, payload.get("services", []))
     if outcome == "timeout":
-        waiting = [
-            f"{r['service']}-{r['replica']}"
-            for r in payload.get("services", [])
-            if r.get("state") != "ready"
-        ]
+        # Named from the mesh file: a supervisor slow to start may not have reported yet.
+        reported = {
+            f"{r['service']}-{r['replica']}": r.get("state") for r in payload.get("services", [])
+        }
+        expected = [f"{n}-{i}" for n, spec in mesh.services.items() for i in range(spec.replicas)]
+        waiting = [name for name in expected if reported.get(name) != "ready"]
         fail(
             f"not ready within {limit:g}s: {', '.join(waiting)}. The mesh is still running: "
             "see 'microhive status' and 'microhive logs SERVICE', or stop it with 'microhive down'"
