@@ -108,10 +108,12 @@ async def test_killed_member_hands_its_messages_to_another(
                 )
             )
     pid = victim.pid
+    # With 8 handler slots a member stops asking for more once fewer than 2 are free
+    # (its low-water mark), so it holds 7 or 8, depending on how its batches arrived.
     await eventually(
-        lambda: rows(db, "SELECT COUNT(*) FROM attempts WHERE pid = ?", pid)[0][0] >= 8,
+        lambda: rows(db, "SELECT COUNT(*) FROM attempts WHERE pid = ?", pid)[0][0] >= 7,
         30.0,
-        "the victim to hold 8 messages",
+        "the victim to hold 7 or 8 messages",
     )
     await procs.start("survivor", "consume", *common, "--work", "0.001", "--concurrency", "16")
     await eventually(
@@ -136,7 +138,7 @@ async def test_killed_member_hands_its_messages_to_another(
     applied = dict(rows(db, "SELECT msg_id, pid FROM applied"))
     assert set(applied) == {f"job-{i}" for i in range(n)}
     assert rows(db, "SELECT value FROM total")[0][0] == n * (n + 1) // 2  # each applied once
-    assert len(in_flight) == 8
+    assert len(in_flight) in (7, 8)
     assert all(applied[m] != pid for m in in_flight)  # the survivor finished them
     db.close()
 
