@@ -282,82 +282,33 @@ def report(results: dict[str, Any], as_json: bool) -> None:
                     }
                 )
         d, g, f, s = r["direct"], r["gateway"], r["fresh"], r["relay"]
-        lines.append(
-            {
-                "metric": f"{mode}.gateway_p50_vs_direct",
-                "value": round(g["p50_ms"], 3),
-                "unit": "ms",
-                "baseline": round(d["p50_ms"], 3),
-                "ratio": round(g["p50_ms"] / d["p50_ms"], 3),
-                "target": "<= 1.3",
-            }
-        )
-        lines.append(
-            {
-                "metric": f"{mode}.gateway_throughput_vs_direct",
-                "value": round(g["calls_per_s"], 1),
-                "unit": "calls/s",
-                "baseline": round(d["calls_per_s"], 1),
-                "ratio": round(g["calls_per_s"] / d["calls_per_s"], 3),
-                "target": ">= 0.8",
-            }
-        )
-        for metric, key in (("p50", "p50_ms"), ("throughput", "calls_per_s")):
-            lines.append(
-                {
-                    "metric": f"{mode}.sdk_relay_{metric}_vs_direct",
-                    "value": round(s[key], 3),
-                    "unit": "ms" if key == "p50_ms" else "calls/s",
-                    "baseline": round(d[key], 3),
-                    "ratio": round(s[key] / d[key], 3),
-                    "target": None,
-                }
-            )
-        lines.append(
-            {
-                "metric": f"{mode}.gateway_throughput_vs_sdk_relay",
-                "value": round(g["calls_per_s"], 1),
-                "unit": "calls/s",
-                "baseline": round(s["calls_per_s"], 1),
-                "ratio": round(g["calls_per_s"] / s["calls_per_s"], 3),
-                "target": None,
-            }
-        )
-        lines.append(
-            {
-                "metric": f"{mode}.gateway_cpu_ms_per_call",
-                "value": round(g["cpu_gateway"], 3),
-                "unit": "ms",
-                "baseline": round(s["cpu_relay"], 3),
-                "ratio": round(g["cpu_gateway"] / s["cpu_relay"], 3),
-                "target": None,
-            }
-        )
         # What one call costs without a hop: the caller's SDK client and the tool
         # server's SDK server pass. While the calls are CPU-bound, throughput >= 0.8x
         # direct leaves a hop at most a quarter of that; a hop built on the SDK spends
         # at least one SDK server pass on the incoming call.
-        direct_cpu = d["cpu_caller"] + d["cpu_tool"]
-        lines.append(
-            {
-                "metric": f"{mode}.hop_cpu_budget_for_0.8x_vs_sdk_server_pass",
-                "value": round(direct_cpu / 4, 3),
-                "unit": "ms",
-                "baseline": round(d["cpu_tool"], 3),
-                "ratio": round(direct_cpu / 4 / d["cpu_tool"], 3),
-                "target": None,
-            }
-        )
-        lines.append(
-            {
-                "metric": f"{mode}.session_per_call_vs_pooled_gateway_p50",
-                "value": round(f["p50_ms"], 3),
-                "unit": "ms",
-                "baseline": round(g["p50_ms"], 3),
-                "ratio": round(f["p50_ms"] / g["p50_ms"], 3),
-                "target": ">= 5",
-            }
-        )
+        budget = (d["cpu_caller"] + d["cpu_tool"]) / 4
+        p50, rate = "p50_ms", "calls_per_s"
+        comparisons: list[tuple[str, float, float, str, int, str | None]] = [
+            ("gateway_p50_vs_direct", g[p50], d[p50], "ms", 3, "<= 1.3"),
+            ("gateway_throughput_vs_direct", g[rate], d[rate], "calls/s", 1, ">= 0.8"),
+            ("sdk_relay_p50_vs_direct", s[p50], d[p50], "ms", 3, None),
+            ("sdk_relay_throughput_vs_direct", s[rate], d[rate], "calls/s", 3, None),
+            ("gateway_throughput_vs_sdk_relay", g[rate], s[rate], "calls/s", 1, None),
+            ("gateway_cpu_ms_per_call", g["cpu_gateway"], s["cpu_relay"], "ms", 3, None),
+            ("hop_cpu_budget_for_0.8x_vs_sdk_server_pass", budget, d["cpu_tool"], "ms", 3, None),
+            ("session_per_call_vs_pooled_gateway_p50", f[p50], g[p50], "ms", 3, ">= 5"),
+        ]
+        for name, value, baseline, unit, digits, target in comparisons:
+            lines.append(
+                {
+                    "metric": f"{mode}.{name}",
+                    "value": round(value, digits),
+                    "unit": unit,
+                    "baseline": round(baseline, digits),
+                    "ratio": round(value / baseline, 3),
+                    "target": target,
+                }
+            )
     if as_json:
         for line in lines:
             print(json.dumps(line))
