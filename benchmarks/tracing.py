@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ from microhive.tracing import (
     TracingSettings,
     mcp_client_span,
     mcp_server_span,
+    new_trace_id,
     server_span,
     setup_tracing,
 )
@@ -367,29 +369,40 @@ def measure_span_set(n: int, store_url: str) -> dict[str, float]:
     return {"on": on, "off": off}
 
 
-def measure_store(n: int, path: Path) -> float:
-    """Spans per second the SQLite exporter writes (batches of 512, as the processor sends)."""
+def measure_store(n: int, folder: Path) -> dict[str, float]:
+    """CPU microseconds per span the SQLite exporter spends, by how trace ids are made.
+
+    One span per trace, in batches of 512 as the batch processor sends them, into
+    a store growing to ``n`` spans: ``mesh`` ids come from a microhive tracer
+    provider (the clock first), ``random`` ids are the SDK's default (all bits random).
+    """
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create({"service.name": "bench"})
-    spans = [
-        ReadableSpan(
-            "execute_tool calc.add",
-            context=SpanContext(trace_id=i + 1, span_id=i + 1, is_remote=False),
-            attributes={"gen_ai.tool.name": "calc.add", "microhive.hops": 7},
-            resource=resource,
-            start_time=time.time_ns(),
-            end_time=time.time_ns() + 1000,
-        )
-        for i in range(n)
-    ]
-    exporter = SqliteSpanExporter(path)
-    start = time.perf_counter()
-    for i in range(0, n, 512):
-        exporter.export(spans[i : i + 512])
-    elapsed = time.perf_counter() - start
-    exporter.shutdown()
-    return n / elapsed
+    makers: dict[str, Callable[[], int]] = {
+        "mesh": new_trace_id,
+        "random": lambda: random.getrandbits(128) or 1,
+    }
+    out: dict[str, float] = {}
+    for name, make in makers.items():
+        spans = [
+            ReadableSpan(
+                "execute_tool calc.add",
+                context=SpanContext(trace_id=make(), span_id=i + 1, is_remote=False),
+                attributes={"gen_ai.tool.name": "calc.add", "microhive.hops": 7},
+                resource=resource,
+                start_time=time.time_ns(),
+                end_time=time.time_ns() + 1000,
+            )
+            for i in range(n)
+        ]
+        exporter = SqliteSpanExporter(folder / f"store-{name}.db", max_spans=None)
+        start = time.process_time()
+        for i in range(0, n, 512):
+            exporter.export(spans[i : i + 512])
+        out[name] = (time.process_time() - start) / n * 1e6
+        exporter.shutdown()
+    return out
 
 
 # --------------------------------------------------------------------- report
@@ -412,7 +425,7 @@ def main() -> None:
         folder = Path(tmp)
         gateway = measure_gateway(calls, rounds, folder)
         span_set = measure_span_set(spans, f"sqlite:///{folder / 'spans.db'}")
-        store_rate = measure_store(spans, folder / "store.db")
+        store_cost = measure_store(spans * 6, folder)
         with TraceStore(f"sqlite:///{folder / 'traced' / 'traces.db'}") as store:
             stored = store.count_spans()
         noise = measure_noise(calls, rounds, folder / "noise") if args.noise else None
@@ -467,11 +480,11 @@ def main() -> None:
             "target": None,
         },
         {
-            "metric": "store_export_spans_per_s",
-            "value": round(store_rate),
-            "unit": "spans/s",
-            "baseline": None,
-            "ratio": None,
+            "metric": "store_export_cpu_us_per_span_mesh_ids_vs_random_ids",
+            "value": round(store_cost["mesh"], 2),
+            "unit": "us",
+            "baseline": round(store_cost["random"], 2),
+            "ratio": round(store_cost["mesh"] / store_cost["random"], 3),
             "target": None,
         },
         {

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -36,7 +35,7 @@ from microhive.context import CallContext
 from microhive.errors import Cancelled, InvalidContext, MicrohiveError, PayloadTooLarge, Stop
 from microhive.service._errors import error_response, json_error, status_for
 from microhive.service._metrics import ServiceMetrics
-from microhive.tracing import context_attributes, record_error
+from microhive.tracing import context_attributes, new_span_id, new_trace_id, record_error
 
 __all__ = [
     "PROBE_PATHS",
@@ -444,6 +443,5 @@ class CallContextMiddleware:
 
 
 def _new_traceparent() -> str:
-    trace_id = random.getrandbits(128) or 1
-    span_id = random.getrandbits(64) or 1
-    return f"00-{trace_id:032x}-{span_id:016x}-01"
+    # laid out like the tracer provider's ids (time first), in case a traced hop follows
+    return f"00-{new_trace_id():032x}-{new_span_id():016x}-01"

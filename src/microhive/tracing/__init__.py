@@ -40,6 +40,7 @@ from microhive.tracing._events import (
     record_error,
     set_run_id,
 )
+from microhive.tracing._ids import TimeOrderedIdGenerator, new_span_id, new_trace_id
 from microhive.tracing._logging import TraceContextFilter, install_log_filter
 from microhive.tracing._metrics import BREAKER_STATES, CallMetrics, register_call_metrics
 from microhive.tracing._setup import (
@@ -84,6 +85,7 @@ __all__ = [
     "MeshTracerProvider",
     "SqliteSpanExporter",
     "StoredSpan",
+    "TimeOrderedIdGenerator",
     "TraceContextFilter",
     "TraceStore",
     "TraceSummary",
@@ -102,6 +104,8 @@ __all__ = [
     "loop_stopped",
     "mcp_client_span",
     "mcp_server_span",
+    "new_span_id",
+    "new_trace_id",
     "otlp_endpoint",
     "process_span",
     "publish_span",

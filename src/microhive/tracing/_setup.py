@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, T
 
 from microhive.config.model import MeshConfig, TracingSpec
 from microhive.errors import MissingDependency
+from microhive.tracing._ids import TimeOrderedIdGenerator
 from microhive.tracing._sqlite import DEFAULT_STORE_URL, SqliteSpanExporter, store_path
 
 __all__ = ["MeshTracerProvider", "TracingHandle", "TracingSettings", "setup_tracing"]
@@ -219,7 +220,10 @@ def setup_tracing(
     if not settings.enabled and not processors:
         sampler = ParentBased(ALWAYS_OFF)
     provider = MeshTracerProvider(
-        capture_content=settings.capture_content, resource=resource, sampler=sampler
+        capture_content=settings.capture_content,
+        resource=resource,
+        sampler=sampler,
+        id_generator=TimeOrderedIdGenerator(),  # keeps the store's trace index in order
     )
     store_file: Path | None = None
     otlp_url: str | None = None

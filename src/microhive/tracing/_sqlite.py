@@ -18,8 +18,11 @@ takes every insert on a random leaf, so each batch writes nearly one index
 page per span to the WAL. Measured while a store grew to its 200k-span default
 limit, that pushed the insert from ~8 to ~17 us of CPU per span, against a flat
 ~4 us for keys that grow at one end. Now only the first sight of a trace in a
-batch touches the random-keyed ``traces`` index (a lookup, plus an insert the
-first time any process sees it); spans land next to each other.
+batch touches the ``traces`` index (a lookup, plus an insert the first time any
+process sees it); spans land next to each other. That index is kept in order
+too: a microhive tracer provider starts each trace id with the millisecond
+clock (:mod:`microhive.tracing._ids`), so one batch's traces share a few index
+pages instead of one random page each.
 
 There is deliberately no per-trace summary (counts, first start, last end):
 keeping one up to date cost an upsert per trace per batch in every process;
