@@ -171,10 +171,15 @@ class CallContext:
         return ctx
 
     @contextlib.contextmanager
-    def activate(self) -> Iterator[CallContext]:
-        """Make this the current context (ours and OpenTelemetry's) inside the block."""
+    def activate(self, otel: Context | None = None) -> Iterator[CallContext]:
+        """Make this the current context (ours and OpenTelemetry's) inside the block.
+
+        ``otel`` is the OpenTelemetry context to make current, for a caller that
+        already holds it (a span helper's live span, whose ``traceparent`` this
+        context carries); by default it is parsed from this context's carrier.
+        """
         token = _current.set(self)
-        otel_token = otel_context.attach(self.otel_context())
+        otel_token = otel_context.attach(self.otel_context() if otel is None else otel)
         try:
             yield self
         finally:

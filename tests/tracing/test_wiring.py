@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from mcp import Client
+from mcp.types import TextContent
 from tests.conftest import free_port, wait_for
 
 from microhive.context import CallContext
@@ -40,9 +41,28 @@ CONTENT_KEYS = (
     "gen_ai.tool.call.result",
 )
 TOOLS = '''
+from opentelemetry import trace
+
+from microhive.context import CallContext
+from microhive.tracing import tool_span
+
+
 def add(a: int, b: int) -> int:
     """Add two whole numbers."""
     return a + b
+
+
+async def inside() -> dict:
+    """What a tool sees of the trace it runs in, and a span of its own."""
+    current = trace.get_current_span()
+    with tool_span("inside.step") as step:
+        step_id = format(step.span.get_span_context().span_id, "016x")
+    return {
+        "recording": current.is_recording(),
+        "span_id": format(current.get_span_context().span_id, "016x"),
+        "traceparent": CallContext.current().traceparent,
+        "step_id": step_id,
+    }
 '''
 
 
@@ -87,7 +107,7 @@ services:
     kind: tool
     port: {self.ports["calc"]}
     settings:
-      tools: "wiring_tools:add"
+      tools: "wiring_tools:add,inside"
   researcher:
     kind: worker
     port: {self.ports["researcher"]}
@@ -303,6 +323,31 @@ async def test_tool_service_span_is_the_callers_child_and_content_is_opt_in(
     assert done.attributes["microhive.hops"] == 5
     assert refused.status == "ERROR"
     assert [e["name"] for e in refused.events] == ["loop_stopped"]
+
+
+async def test_a_tool_runs_inside_the_live_server_span(tmp_path: Path) -> None:
+    """The tool's current span is the service's own ``tools/call`` span, not a parsed copy."""
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start("calc")
+        caller = CallContext.new(max_hops=6).next_hop()
+        meta = {**caller.to_meta(), "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"}
+        async with Client(f"{mesh.url('calc')}/mcp") as client:
+            result = await client.call_tool("inside", {}, meta=meta)
+    finally:
+        mesh.stop_all()
+    assert not result.is_error, result
+    (text,) = result.content
+    assert isinstance(text, TextContent)
+    seen = json.loads(text.text)
+
+    with mesh.store as store:
+        spans = {s.span_id: s for s in store.spans(TRACE_ID)}
+    (server,) = [s for s in spans.values() if s.name == "tools/call inside"]
+    assert seen["recording"] is True
+    assert seen["span_id"] == server.span_id
+    assert seen["traceparent"].split("-")[1:3] == [TRACE_ID, server.span_id]
+    assert spans[seen["step_id"]].parent_id == server.span_id
 
 
 async def test_protocol_paths_get_an_http_span_only_with_a_traceparent() -> None:

@@ -25,6 +25,8 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.types import CallToolResult, TextContent
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from pydantic import BaseModel
 
 from microhive.context import CallContext
@@ -68,13 +70,20 @@ def _content_of(result: HandlerResult) -> Any:
     return data
 
 
-def _span_context(call_ctx: CallContext, span: TracedSpan) -> CallContext:
-    """The call context with this span as its trace parent, for the tool to see."""
+def _span_context(call_ctx: CallContext, span: TracedSpan) -> tuple[CallContext, Context | None]:
+    """The call context with this span as its trace parent, for the tool to see.
+
+    With it comes the OpenTelemetry context holding the live span (current since
+    the span helper entered), so activating the call context does not parse the
+    ``traceparent`` just written back into a remote copy of the same span.
+    """
     if not span.span.is_recording():
-        return call_ctx
+        return call_ctx, None
     carrier: dict[str, str] = {}
     span.inject(carrier)
-    return replace(call_ctx, trace=carrier) if carrier else call_ctx
+    if not carrier:
+        return call_ctx, None
+    return replace(call_ctx, trace=carrier), otel_context.get_current()
 
 
 async def traced_call(
@@ -105,7 +114,8 @@ async def traced_call(
                 span.fail(exc)  # hop limit, deadline, budget: the stop's event
                 outcome = exc.code
                 return _refused(name, exc)
-            with _span_context(call_ctx, span).activate():
+            tool_ctx, live = _span_context(call_ctx, span)
+            with tool_ctx.activate(live):
                 result = await call_next(ctx)
             if _is_error(result):
                 outcome = "tool_error"
