@@ -289,14 +289,23 @@ class CallContext:
         return out
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any] | None) -> CallContext:
-        """Decode from MCP ``params._meta``; unrelated keys are left alone."""
+    def from_meta(
+        cls, meta: Mapping[str, Any] | None, *, trace: Mapping[str, str] | None = None
+    ) -> CallContext:
+        """Decode from MCP ``params._meta``; unrelated keys are left alone.
+
+        ``trace`` replaces the carrier in ``meta``: a hop whose own span already
+        follows the caller's (an SDK server span) passes that span's carrier, and
+        the caller's ``traceparent`` is not parsed a second time.
+        """
         meta = meta or {}
         values: dict[str, Any] = {}
         for name, _, key in _FIELDS:
             raw = meta.get(key)
             if raw is not None:
                 values[name] = _parse(name, key, raw)
+        if trace is not None:
+            return cls._build({k: v for k, v in trace.items() if k in _TRACE_KEYS}, values)
         carrier = {k: v for k, v in meta.items() if k in _TRACE_KEYS and isinstance(v, str)}
         return cls._build(_trace_from(carrier), values)
 

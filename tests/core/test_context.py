@@ -71,6 +71,16 @@ def test_unrelated_meta_keys_are_ignored() -> None:
     assert ctx.hops == 16
 
 
+def test_a_hop_can_give_its_own_trace_carrier_in_place_of_the_callers() -> None:
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    own = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+    meta = {"traceparent": caller, "io.microhive/hops": 4, "io.microhive/max-hops": 8}
+    ctx = CallContext.from_meta(meta, trace={"traceparent": own, "baggage": "k=v"})
+    assert ctx.trace == {"traceparent": own}  # trace keys only
+    assert (ctx.hops, ctx.max_hops) == (4, 8)  # the rest still comes from meta
+    assert CallContext.from_meta(meta).traceparent == caller
+
+
 @pytest.mark.parametrize(
     ("headers", "named"),
     [

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -403,8 +403,15 @@ class Gateway:
                     "registration and is held until an operator approves it"
                 )
             )
+        # The MCP SDK already traces this hop: its server span for the incoming
+        # call (parented from params._meta) and its client span for the forwarded
+        # one. The gateway annotates the server span instead of adding a third span,
+        # and the call it forwards follows that span; untraced, the caller's context
+        # is activated so its trace id still flows.
+        span = trace.get_current_span()
+        traced = span.is_recording()
         try:
-            ctx = CallContext.from_meta(meta)
+            ctx = CallContext.from_meta(meta, trace=_trace_carrier() if traced else None)
             ctx.check()
             ctx.next_hop()  # refuse before any work when nothing may be forwarded
         except MicrohiveError as exc:
@@ -413,12 +420,6 @@ class Gateway:
         if route is None:
             return tool_error(NotFound(f"namespace {entry.namespace!r} is no longer registered"))
         pool, guard = route
-        # The MCP SDK already traces this hop: its server span for the incoming
-        # call (parented from params._meta) and its client span for the forwarded
-        # one. The gateway annotates the server span instead of adding a third span;
-        # untraced, the caller's context is activated so its trace id still flows.
-        span = trace.get_current_span()
-        traced = span.is_recording()
         if traced:
             span.set_attributes(
                 {
@@ -428,8 +429,6 @@ class Gateway:
                     **context_attributes(ctx),
                 }
             )
-            # forwarded, the trace points at the SDK's server span
-            ctx = replace(ctx, trace=_trace_carrier())
         with contextlib.nullcontext() if traced else ctx.activate():
             nxt = ctx.next_hop()
             forwarded = _forward_meta(meta, nxt)
