@@ -443,5 +443,5 @@ class CallContextMiddleware:
 
 
 def _new_traceparent() -> str:
-    # laid out like the tracer provider's ids (time first), in case a traced hop follows
+    # laid out like the tracer provider's ids (clock first), in case a traced hop follows
     return f"00-{new_trace_id():032x}-{new_span_id():016x}-01"

@@ -40,7 +40,7 @@ from microhive.tracing._events import (
     record_error,
     set_run_id,
 )
-from microhive.tracing._ids import TimeOrderedIdGenerator, new_span_id, new_trace_id
+from microhive.tracing._ids import ClockFirstIdGenerator, new_span_id, new_trace_id
 from microhive.tracing._logging import TraceContextFilter, install_log_filter
 from microhive.tracing._metrics import BREAKER_STATES, CallMetrics, register_call_metrics
 from microhive.tracing._setup import (
@@ -82,10 +82,10 @@ __all__ = [
     "EVENT_LOOP_STOPPED",
     "RUN_ID_ATTRIBUTE",
     "CallMetrics",
+    "ClockFirstIdGenerator",
     "MeshTracerProvider",
     "SqliteSpanExporter",
     "StoredSpan",
-    "TimeOrderedIdGenerator",
     "TraceContextFilter",
     "TraceStore",
     "TraceSummary",

@@ -32,7 +32,7 @@ import time
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import INVALID_SPAN_ID
 
-__all__ = ["TimeOrderedIdGenerator", "new_span_id", "new_trace_id"]
+__all__ = ["ClockFirstIdGenerator", "new_span_id", "new_trace_id"]
 
 _RANDOM_BITS = 112
 _CLOCK_MASK = 0xFFFF  # milliseconds modulo 65,536: wraps every 65.5 s
@@ -55,7 +55,7 @@ def new_span_id() -> int:
     return span_id
 
 
-class TimeOrderedIdGenerator(IdGenerator):
+class ClockFirstIdGenerator(IdGenerator):
     """The id generator of a microhive tracer provider (see the module docstring)."""
 
     def generate_trace_id(self) -> int:

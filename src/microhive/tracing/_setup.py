@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, T
 
 from microhive.config.model import MeshConfig, TracingSpec
 from microhive.errors import MissingDependency
-from microhive.tracing._ids import TimeOrderedIdGenerator
+from microhive.tracing._ids import ClockFirstIdGenerator
 from microhive.tracing._sqlite import DEFAULT_STORE_URL, SqliteSpanExporter, store_path
 
 __all__ = ["MeshTracerProvider", "TracingHandle", "TracingSettings", "setup_tracing"]
@@ -223,7 +223,7 @@ def setup_tracing(
         capture_content=settings.capture_content,
         resource=resource,
         sampler=sampler,
-        id_generator=TimeOrderedIdGenerator(),  # keeps the store's trace index in order
+        id_generator=ClockFirstIdGenerator(),  # a batch's traces share the store's index pages
     )
     store_file: Path | None = None
     otlp_url: str | None = None
