@@ -453,20 +453,17 @@ def main() -> None:
                 "target": None,
             }
         )
+    noise_stats = (("median", ""), ("lowest_round", ".low"), ("highest_round", ".high"))
     for kind in ("sequential", "concurrent") if noise is not None else ():
-        assert noise is not None
-        for stat, value in (
-            ("median", noise[kind]),
-            ("lowest_round", noise[f"{kind}.low"]),
-            ("highest_round", noise[f"{kind}.high"]),
-        ):
+        for stat, suffix in noise_stats:
+            value = round(noise[kind + suffix], 3)
             rows.append(
                 {
                     "metric": f"{kind}.noise_untraced_vs_untraced_{stat}",
-                    "value": round(value, 3),
+                    "value": value,
                     "unit": "ratio",
                     "baseline": 1.0,
-                    "ratio": round(value, 3),
+                    "ratio": value,
                     "target": None,
                 }
             )

@@ -67,6 +67,8 @@ __all__ = [
     "HEADER_MAX_HOPS",
     "META_PREFIX",
     "CallContext",
+    "remote_parent",
+    "trace_carrier",
 ]
 
 DEFAULT_MAX_HOPS = 16
@@ -94,7 +96,8 @@ _FIELDS: tuple[tuple[str, str, str], ...] = (
 _current: ContextVar[CallContext | None] = ContextVar("microhive_call_context", default=None)
 
 
-def _trace_carrier_from(ctx: Context | None = None) -> dict[str, str]:
+def trace_carrier(ctx: Context | None = None) -> dict[str, str]:
+    """``traceparent``/``tracestate`` of ``ctx``'s span (default: the current one), nothing else."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=ctx)
     return {k: v for k, v in carrier.items() if k in _TRACE_KEYS}
@@ -145,7 +148,7 @@ class CallContext:
                 raise InvalidContext("give either timeout or deadline, not both")
             deadline = time.time() + timeout
         return cls(
-            trace=_trace_carrier_from(),
+            trace=trace_carrier(),
             hops=max_hops,
             max_hops=max_hops,
             deadline=deadline,
@@ -167,7 +170,7 @@ class CallContext:
             # it and running the propagator each time.
             return cls.new() if span_ctx.is_valid else _DEFAULT
         if span_ctx.is_valid:
-            return replace(ctx, trace=_trace_carrier_from())
+            return replace(ctx, trace=trace_carrier())
         return ctx
 
     @contextlib.contextmanager
@@ -190,12 +193,7 @@ class CallContext:
 
     def otel_context(self) -> Context:
         """The OpenTelemetry context holding the remote parent span of this hop."""
-        trace_carrier = self.trace
-        return _extract(
-            propagate.get_global_textmap(),
-            trace_carrier.get("traceparent"),
-            trace_carrier.get("tracestate"),
-        )[0]
+        return _parsed(self.trace)[0]
 
     @property
     def traceparent(self) -> str | None:
@@ -310,11 +308,11 @@ class CallContext:
         return cls._build(_trace_from(carrier), values)
 
     @classmethod
-    def _build(cls, trace_carrier: dict[str, str], values: dict[str, Any]) -> CallContext:
+    def _build(cls, carrier: dict[str, str], values: dict[str, Any]) -> CallContext:
         if "max_hops" not in values:
             values["max_hops"] = max(DEFAULT_MAX_HOPS, values.get("hops", 0))
         values.setdefault("hops", values["max_hops"])
-        return cls(trace=trace_carrier, **values)
+        return cls(trace=carrier, **values)
 
 
 #: The context outside any request, event or span (see :meth:`CallContext.current`).
@@ -323,11 +321,7 @@ _DEFAULT = CallContext()
 
 def _trace_from(carrier: Mapping[str, str]) -> dict[str, str]:
     """Keep the trace headers only if OpenTelemetry accepts them (W3C: ignore invalid)."""
-    traceparent = carrier.get("traceparent")
-    if traceparent is None:
-        return {}
-    kept = _extract(propagate.get_global_textmap(), traceparent, carrier.get("tracestate"))[1]
-    return dict(kept)
+    return dict(_parsed(carrier)[1]) if "traceparent" in carrier else {}
 
 
 def remote_parent(carrier: Mapping[str, str]) -> Context | None:
@@ -335,13 +329,17 @@ def remote_parent(carrier: Mapping[str, str]) -> Context | None:
 
     Keys must already be lower case. Shares :func:`_extract`'s cache.
     """
-    traceparent = carrier.get("traceparent")
-    if traceparent is None:
+    if "traceparent" not in carrier:
         return None
-    extracted, kept = _extract(
-        propagate.get_global_textmap(), traceparent, carrier.get("tracestate")
-    )
+    extracted, kept = _parsed(carrier)
     return extracted if kept else None
+
+
+def _parsed(carrier: Mapping[str, str]) -> tuple[Context, tuple[tuple[str, str], ...]]:
+    """:func:`_extract` of a carrier, under the global propagator of the moment."""
+    return _extract(
+        propagate.get_global_textmap(), carrier.get("traceparent"), carrier.get("tracestate")
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -362,7 +360,7 @@ def _extract(
     extracted = propagate.extract(picked)
     if not trace.get_current_span(extracted).get_span_context().is_valid:
         return extracted, ()
-    return extracted, tuple(_trace_carrier_from(extracted).items())
+    return extracted, tuple(trace_carrier(extracted).items())
 
 
 def _parse(name: str, key: str, raw: Any) -> int | float:

@@ -40,12 +40,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from microhive.context import CallContext, remote_parent
+from microhive.context import CallContext, remote_parent, trace_carrier
 from microhive.tracing._events import context_attributes, record_error
 from microhive.tracing._sqlite import RUN_ID_ATTRIBUTE
 
@@ -140,9 +140,7 @@ class TracedSpan:
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """Write this span's ``traceparent``/``tracestate`` into message or request headers."""
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
-        headers.update({k: v for k, v in carrier.items() if k in _TRACE_KEYS})
+        headers.update(trace_carrier(trace.set_span_in_context(self.span)))
 
     def tool_error(self, message: str) -> None:
         """The tool answered with an error result (MCP ``isError``): a failed call, not a crash."""
@@ -356,8 +354,7 @@ def publish_span(
 
 def creation_context(headers: Mapping[str, str]) -> Context | None:
     """The OpenTelemetry context a message was created in, from its headers (or ``None``)."""
-    carrier = {k.lower(): v for k, v in headers.items() if k.lower() in _TRACE_KEYS}
-    return remote_parent(carrier) if carrier else None
+    return remote_parent({k.lower(): v for k, v in headers.items() if k.lower() in _TRACE_KEYS})
 
 
 def process_span(

@@ -25,10 +25,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from microhive.context import CallContext
+from microhive.context import CallContext, trace_carrier
 from microhive.errors import (
     ConfigError,
     Conflict,
@@ -114,13 +114,6 @@ def _forward_meta(meta: Mapping[str, Any] | None, nxt: CallContext) -> dict[str,
     }
     kept.update(nxt.to_meta())
     return kept
-
-
-def _trace_carrier() -> dict[str, str]:
-    """``traceparent``/``tracestate`` of the current span."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
 
 
 def _relay(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -411,7 +404,7 @@ class Gateway:
         span = trace.get_current_span()
         traced = span.is_recording()
         try:
-            ctx = CallContext.from_meta(meta, trace=_trace_carrier() if traced else None)
+            ctx = CallContext.from_meta(meta, trace=trace_carrier() if traced else None)
             ctx.check()
             ctx.next_hop()  # refuse before any work when nothing may be forwarded
         except MicrohiveError as exc:
