@@ -54,7 +54,7 @@ def openai_model(server: WireServer, **kwargs: Any) -> OpenAIModel:
         "test-model",
         api_key="test-key",
         base_url=server.url + "/v1",
-        max_retries=0,
+        retries=0,
         key_env="TEST_OPENAI_KEY",
         **kwargs,
     )
@@ -62,7 +62,7 @@ def openai_model(server: WireServer, **kwargs: Any) -> OpenAIModel:
 
 def anthropic_model(server: WireServer) -> AnthropicModel:
     return AnthropicModel(
-        "claude-test", api_key="test-key", base_url=server.url, max_retries=0, key_env="TEST_KEY"
+        "claude-test", api_key="test-key", base_url=server.url, retries=0, key_env="TEST_KEY"
     )
 
 
@@ -163,10 +163,10 @@ def _closed_port() -> int:
 
 async def test_unreachable_server_is_service_unavailable() -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
-    async with OpenAIModel("m", api_key="k", base_url=url + "/v1", max_retries=0) as model:
+    async with OpenAIModel("m", api_key="k", base_url=url + "/v1", retries=0) as model:
         with pytest.raises(ServiceUnavailable, match="cannot reach"):
             await model.chat(CONVERSATION)
-    async with AnthropicModel("m", api_key="k", base_url=url, max_retries=0) as claude:
+    async with AnthropicModel("m", api_key="k", base_url=url, retries=0) as claude:
         with pytest.raises(ServiceUnavailable, match="cannot reach"):
             await claude.chat(CONVERSATION)
 

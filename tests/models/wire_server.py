@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -46,6 +46,8 @@ class WireServer:
         if not self.replies:
             return JSONResponse({"error": {"message": "no reply queued"}}, status_code=500)
         status, payload = self.replies.pop(0)
+        if status == 200 and body.get("stream") and "choices" in payload:
+            return StreamingResponse(_sse(payload), media_type="text/event-stream")
         return JSONResponse(payload, status_code=status)
 
     def app(self) -> Starlette:
@@ -55,6 +57,36 @@ class WireServer:
                 Route("/v1/messages", self.handle, methods=["POST"]),
             ]
         )
+
+
+async def _sse(payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    """An OpenAI chat completion as the chunks a streaming server sends: the text a
+    few characters at a time, each tool call's arguments in two pieces, then the
+    finish reason, then the usage in a chunk of its own."""
+    base = {k: payload[k] for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    choice = payload["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        data = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""})
+    text = message.get("content") or ""
+    for i in range(0, len(text), 5):
+        yield chunk({"content": text[i : i + 5]})
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        args = call["function"]["arguments"]
+        half = len(args) // 2
+        first = {"index": index, "id": call["id"], "type": "function"}
+        first["function"] = {"name": call["function"]["name"], "arguments": args[:half]}
+        yield chunk({"tool_calls": [first]})
+        yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
+    yield chunk({}, choice["finish_reason"])
+    usage = {**base, "choices": [], "usage": payload["usage"]}
+    yield f"data: {json.dumps(usage)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 @asynccontextmanager

@@ -48,6 +48,7 @@ SERVICE_KINDS: dict[str, str | None] = {
     "hive-indexer": "microhive.hive.indexer:create_service",
     "hive-sentiment": "microhive.hive.sentiment:create_service",
     "hive-notifier": "microhive.hive.notifier:create_service",
+    "model-server": "microhive.modelserver.service:create_service",
 }
 
 
@@ -186,11 +187,48 @@ class ModelSpec(_Strict):
     provider: Literal["offline", "openai", "anthropic", "scripted"] = "offline"
     model: str = "offline"
     base_url: str | None = None
+    service: str | None = Field(
+        default=None,
+        description="name of a mesh service (kind model-server) that serves this model; "
+        "its URL is used instead of base_url and no API key is needed",
+    )
     api_key_env: str | None = Field(
         default=None, description="name of the environment variable holding the API key"
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
+    timeout: float = Field(
+        default=120.0, gt=0, le=86400, description="seconds one model call may take"
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="retries of a call that failed for a passing reason (rate limit, 5xx, "
+        "timeout, connection refused); each is a span event and a run event",
+    )
+    context_size: int | None = Field(
+        default=None, ge=256, description="the model's context window in tokens"
+    )
+    tool_calls: Literal["auto", "native", "content"] = Field(
+        default="auto",
+        description="how the model's tool calls arrive: 'native' tool_calls only, "
+        "'content' (JSON written in the text, bare, fenced or in <tool_call> tags, "
+        "recovered into real calls), or 'auto' (native, else recovered from the text)",
+    )
+    stream: bool | None = Field(
+        default=None,
+        description="stream tokens into the run's events (default: on for a model served "
+        "by a mesh service, off for hosted APIs)",
+    )
+
+    @model_validator(mode="after")
+    def _service_or_url(self) -> ModelSpec:
+        if self.service is not None and self.base_url is not None:
+            raise ValueError("give either 'service' or 'base_url', not both")
+        if self.service is not None and self.provider != "openai":
+            raise ValueError("'service' needs provider 'openai' (a model server speaks it)")
+        return self
 
 
 class RoleSpec(_Strict):
@@ -249,6 +287,13 @@ class MeshConfig(_Strict):
                 known = ", ".join(sorted(self.models)) or "none"
                 raise ReferenceProblem(
                     ("roles", name, "model"), f"no model named {role.model!r} (models: {known})"
+                )
+        for name, model in self.models.items():
+            if model.service is not None and model.service not in self.services:
+                known = ", ".join(sorted(self.services)) or "none"
+                raise ReferenceProblem(
+                    ("models", name, "service"),
+                    f"no service named {model.service!r} (services: {known})",
                 )
         taken: dict[tuple[str, int], str] = {}
         for name, svc in self.services.items():

@@ -5,17 +5,22 @@ system prompt is a separate parameter; ``max_tokens`` is required (we default to
 :data:`DEFAULT_MAX_TOKENS`); tool calls are ``tool_use`` content blocks with an
 ``input`` object; tool results are ``tool_result`` blocks inside a *user* turn,
 and consecutive turns of the same role are merged because the API expects user
-and assistant turns to alternate.
+and assistant turns to alternate. Structured output is a forced tool: the schema
+is offered as the one tool the model must call, and its input is the answer's
+JSON text. Retries are the base class's; the SDK's own are off. Streaming is not
+used: the whole answer arrives at once.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import anthropic
 
 from microhive.models._wire import ToolNames, connection_error, convert_status, timeout_error
-from microhive.models.base import ModelProvider
+from microhive.models.base import ModelProvider, ToolCallMode
 from microhive.models.types import (
     AssistantMessage,
     ChatRequest,
@@ -56,14 +61,24 @@ class AnthropicModel(ModelProvider):
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout: float = 120.0,
-        max_retries: int = 2,
+        retries: int = 2,
         key_env: str | None = None,
+        tool_calls: ToolCallMode = "auto",
+        context_size: int | None = None,
     ) -> None:
-        super().__init__(model, temperature=temperature, max_tokens=max_tokens)
+        super().__init__(
+            model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            retries=retries,
+            tool_calls=tool_calls,
+            context_size=context_size,
+        )
         self.base_url = base_url or "https://api.anthropic.com"
         self._key_env = key_env
         self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0
         )
 
     async def aclose(self) -> None:
@@ -89,6 +104,18 @@ class AnthropicModel(ModelProvider):
             ]
         if request.temperature is not None:
             params["temperature"] = min(request.temperature, 1.0)  # the API's range is 0..1
+        forced = request.response_schema
+        if forced is not None:
+            params["tools"] = [
+                {
+                    "name": _wire_schema_name(forced.name),
+                    "description": forced.description or "Answer with this structure.",
+                    "input_schema": dict(forced.plain()),
+                }
+            ]
+            params["tool_choice"] = {"type": "tool", "name": _wire_schema_name(forced.name)}
+        if request.timeout is not None:
+            params["timeout"] = request.timeout + 1.0  # the base class's clock ends it first
         try:
             message = await self._client.messages.create(**params)
         except anthropic.APITimeoutError as exc:
@@ -117,15 +144,26 @@ class AnthropicModel(ModelProvider):
                     )
                 )
         usage = message.usage
+        reason = _FINISH.get(str(message.stop_reason), "other")
+        if forced is not None:
+            # The forced tool's input is the structured answer, not a call to run.
+            answer = next((c for c in calls if c.name == _wire_schema_name(forced.name)), None)
+            texts = [json.dumps(dict(answer.arguments))] if answer is not None else texts
+            calls = []
+            reason = "stop" if reason == "tool_calls" else reason
         return ChatResult(
             text="".join(texts),
             tool_calls=tuple(calls),
-            finish_reason=_FINISH.get(str(message.stop_reason), "other"),
+            finish_reason=reason,
             usage=Usage(usage.input_tokens or 0, usage.output_tokens or 0),
             provider=self.provider,
             model=str(message.model or request.model),
             offline=False,
         )
+
+
+def _wire_schema_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "answer"
 
 
 def _turns(messages: tuple[Message, ...], names: ToolNames) -> list[dict[str, Any]]:

@@ -5,20 +5,25 @@ OpenAI itself, vLLM, Ollama, LM Studio, llama.cpp's server, LiteLLM and others.
 Tools are sent as ``function`` tools, tool calls come back with JSON-string
 arguments (decoded here), and usage is ``prompt_tokens`` / ``completion_tokens``.
 
-The SDK's own retries default to 2; the mesh's retry policy and the call
-context's deadline bound them (the deadline cancels the call).
+Retries are the base class's (visible on the trace), so the SDK's own are off;
+each attempt has the model's ``timeout``. Structured output goes as
+``response_format: {"type": "json_schema", ...}`` (llama.cpp and vLLM turn it
+into a grammar). With ``stream`` on and an ``on_text`` hook, the answer is
+streamed: text pieces go to the hook as they arrive, tool-call pieces are joined
+by their index, and the usage comes on the last chunk.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import openai
 
 from microhive.errors import InvalidInput
 from microhive.models._wire import ToolNames, connection_error, convert_status, timeout_error
-from microhive.models.base import ModelProvider
+from microhive.models.base import ModelProvider, ToolCallMode
 from microhive.models.types import (
     AssistantMessage,
     ChatRequest,
@@ -57,10 +62,22 @@ class OpenAIModel(ModelProvider):
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout: float = 120.0,
-        max_retries: int = 2,
+        retries: int = 2,
         key_env: str | None = None,
+        tool_calls: ToolCallMode = "auto",
+        stream: bool = False,
+        context_size: int | None = None,
     ) -> None:
-        super().__init__(model, temperature=temperature, max_tokens=max_tokens)
+        super().__init__(
+            model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            retries=retries,
+            tool_calls=tool_calls,
+            stream=stream,
+            context_size=context_size,
+        )
         self.base_url = base_url or f"{_OFFICIAL}/v1"
         self._key_env = key_env
         # OpenAI's newer models refuse `max_tokens`; compatible servers mostly only know it.
@@ -68,7 +85,7 @@ class OpenAIModel(ModelProvider):
             "max_completion_tokens" if self.base_url.startswith(_OFFICIAL) else "max_tokens"
         )
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=0
         )
 
     async def aclose(self) -> None:
@@ -96,7 +113,28 @@ class OpenAIModel(ModelProvider):
             params[self._limit_field] = request.max_tokens
         if request.temperature is not None:
             params["temperature"] = request.temperature
+        wanted = request.response_schema
+        if wanted is not None:
+            # Local servers (llama.cpp, vLLM) enforce the full schema as a grammar.
+            # OpenAI's strict mode refuses what our tight schemas use (a root anyOf,
+            # prefixItems, maxLength), so there the plain form guides and the
+            # validation after the call decides.
+            official = self.base_url.startswith(_OFFICIAL)
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": wanted.name,
+                    "description": wanted.description,
+                    "schema": dict(wanted.plain() if official else wanted.schema),
+                    "strict": not official,
+                },
+            }
+        on_text = request.hooks.on_text if request.hooks is not None else None
+        if request.timeout is not None:
+            params["timeout"] = request.timeout + 1.0  # the base class's clock ends it first
         try:
+            if self.stream and on_text is not None:
+                return await self._streamed(request, params, names, on_text)
             completion = await self._client.chat.completions.create(**params)
         except openai.APITimeoutError as exc:
             raise timeout_error(self.provider, request.model) from exc
@@ -116,25 +154,87 @@ class OpenAIModel(ModelProvider):
             function = getattr(call, "function", None)
             if function is None:  # a "custom" (free-text) tool call; we never offer those
                 continue
-            name = names.original(function.name)
-            try:
-                arguments = parse_arguments(function.arguments or "", name)
-            except InvalidInput as exc:
-                arguments = {"_invalid_json": function.arguments, "_error": exc.message}
-            calls.append(ToolCall(id=call.id, name=name, arguments=arguments))
+            calls.append(_tool_call(call.id, function.name, function.arguments, names))
         usage = completion.usage
-        reason = _FINISH.get(str(choice.finish_reason), "other")
+        return self._result(
+            request,
+            choice.message.content or "",
+            calls,
+            str(choice.finish_reason),
+            Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            completion.model,
+        )
+
+    async def _streamed(
+        self,
+        request: ChatRequest,
+        params: dict[str, Any],
+        names: ToolNames,
+        on_text: Callable[[str], Awaitable[None]],
+    ) -> ChatResult:
+        """The same call, streamed: text to ``on_text`` as it comes, the rest joined."""
+        text: list[str] = []
+        parts: dict[int, dict[str, Any]] = {}
+        finish = "stop"
+        usage = Usage()
+        model = ""
+        stream = await self._client.chat.completions.create(
+            **params, stream=True, stream_options={"include_usage": True}
+        )
+        async with stream:
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        finish = str(choice.finish_reason)
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        await on_text(delta.content)
+                    for piece in delta.tool_calls or ():
+                        part = parts.setdefault(piece.index, {"id": "", "name": "", "args": []})
+                        part["id"] = piece.id or part["id"]
+                        if piece.function is not None:
+                            part["name"] += piece.function.name or ""
+                            part["args"].append(piece.function.arguments or "")
+        calls = [
+            _tool_call(p["id"] or f"call_{i}", p["name"], "".join(p["args"]), names)
+            for i, p in sorted(parts.items())
+        ]
+        return self._result(request, "".join(text), calls, finish, usage, model)
+
+    def _result(
+        self,
+        request: ChatRequest,
+        text: str,
+        calls: list[ToolCall],
+        finish: str,
+        usage: Usage,
+        model: str | None,
+    ) -> ChatResult:
+        reason = _FINISH.get(finish, "other")
         if calls and reason == "stop":
             reason = "tool_calls"  # some compatible servers say "stop" with tool calls
         return ChatResult(
-            text=choice.message.content or "",
+            text=text,
             tool_calls=tuple(calls),
             finish_reason=reason,
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            usage=usage,
             provider=self.provider,
-            model=completion.model or request.model,
+            model=model or request.model,
             offline=False,
         )
+
+
+def _tool_call(call_id: str, wire_name: str, raw: str | None, names: ToolNames) -> ToolCall:
+    """A tool call from the API's pieces; arguments that do not decode give ``error``."""
+    name = names.original(wire_name)
+    try:
+        return ToolCall(id=call_id, name=name, arguments=parse_arguments(raw or "", name))
+    except InvalidInput as exc:
+        return ToolCall(id=call_id, name=name, error=exc.message)
 
 
 def _message(m: Any, names: ToolNames) -> dict[str, Any]:

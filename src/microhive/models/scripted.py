@@ -2,10 +2,12 @@
 
 Each call takes the next :class:`Reply` of the script (text and/or tool calls,
 an optional delay, or an error to raise) and records the :class:`ChatRequest` it
-got, so a test can assert exactly what an agent sent. When the script runs out
-the call fails with a :class:`UsageError` saying how many replies there were --
-unless ``cycle=True``, which replays the script from the start (a worker replica
-answering many sub-tasks the same way, as the orchestrator benchmark needs).
+got, so a test can assert exactly what an agent sent. A reply's text is streamed
+to the request's ``on_text`` hook in small pieces, as a real server's would be.
+When the script runs out the call fails with a :class:`UsageError` saying how
+many replies there were -- unless ``cycle=True``, which replays the script from
+the start (a worker replica answering many sub-tasks the same way, as the
+orchestrator benchmark needs).
 
 From a mesh file, ``provider: scripted`` reads the script from the JSON or YAML
 file named by ``model``::
@@ -158,8 +160,11 @@ class ScriptedModel(ModelProvider):
             await anyio.sleep(delay)
         if reply.error is not None:
             raise reply.error
+        if reply.text and request.hooks is not None and request.hooks.on_text is not None:
+            for piece in _pieces(reply.text):  # streamed, as a real server would
+                await request.hooks.on_text(piece)
         calls = tuple(
-            ToolCall(c.id or f"call_{index}_{i}", c.name, c.arguments)
+            ToolCall(c.id or f"call_{index}_{i}", c.name, c.arguments, c.error)
             for i, c in enumerate(reply.tool_calls)
         )
         reason: FinishReason = reply.finish_reason or ("tool_calls" if calls else "stop")
@@ -173,6 +178,10 @@ class ScriptedModel(ModelProvider):
             model=request.model,
             offline=True,
         )
+
+
+def _pieces(text: str, size: int = 16) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _last_user_text(request: ChatRequest) -> str:

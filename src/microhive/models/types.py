@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,10 +28,12 @@ from microhive.errors import InvalidInput
 __all__ = [
     "FINISH_REASONS",
     "AssistantMessage",
+    "ChatHooks",
     "ChatRequest",
     "ChatResult",
     "FinishReason",
     "Message",
+    "ResponseSchema",
     "SystemMessage",
     "ToolCall",
     "ToolResultMessage",
@@ -100,33 +102,68 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """One call the model asked for; ``id`` links it to its :class:`ToolResultMessage`."""
+    """One call the model asked for; ``id`` links it to its :class:`ToolResultMessage`.
+
+    ``error`` is set when the model's arguments could not be read (not JSON, not an
+    object): such a call is never run; the agent loop tells the model what was wrong.
+    """
 
     id: str
     name: str
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "arguments": dict(self.arguments)}
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "arguments": dict(self.arguments)}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
+        """Read ``{id, name, arguments}``; arguments may be a JSON string (decoded here).
+
+        Arguments that do not decode to an object give a call with ``error`` set
+        rather than an exception: a model's mistake is reported back to the model.
+        """
         args = data.get("arguments") or {}
+        error = data.get("error")
+        name = str(data.get("name", ""))
         if isinstance(args, str):
-            args = parse_arguments(args, str(data.get("name", "")))
-        return cls(id=str(data.get("id", "")), name=str(data.get("name", "")), arguments=args)
+            try:
+                args = parse_arguments(args, name)
+            except InvalidInput as exc:
+                args, error = {}, exc.message
+        elif not isinstance(args, Mapping):
+            args, error = {}, f"arguments must be a JSON object, got {type(args).__name__}"
+        return cls(
+            id=str(data.get("id", "")),
+            name=name,
+            arguments=args,
+            error=str(error) if error is not None else None,
+        )
 
 
 def parse_arguments(raw: str, tool: str) -> dict[str, Any]:
-    """Decode a JSON arguments string; a model that wrote bad JSON is an InvalidInput."""
+    """Decode a JSON arguments string; a model that wrote bad JSON is an InvalidInput.
+
+    The message says where the JSON broke, in words a model can act on:
+    ``arguments are not valid JSON at column 31: Expecting ',' delimiter``.
+    """
     if not raw.strip():
         return {}
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"tool call {tool!r}: arguments are not valid JSON: {exc}") from exc
+        where = f"line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
+        raise InvalidInput(
+            f"tool call {tool!r}: arguments are not valid JSON at {where}: {exc.msg}"
+        ) from exc
     if not isinstance(value, dict):
-        raise InvalidInput(f"tool call {tool!r}: arguments must be a JSON object, got {raw!r}")
+        raise InvalidInput(
+            f"tool call {tool!r}: arguments must be a JSON object, got {type(value).__name__} "
+            f"{raw[:80]!r}"
+        )
     return value
 
 
@@ -286,6 +323,35 @@ class ChatResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseSchema:
+    """A JSON schema the answer's text must match (structured output), with a name.
+
+    ``schema`` may use what a grammar-constrained local server enforces (a root
+    ``anyOf``, ``prefixItems``); ``loose``, when given, is a plain object schema
+    for APIs that accept less (Anthropic's tool input, OpenAI's hosted API). The
+    answer is validated by the caller either way.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str = ""
+    loose: Mapping[str, Any] | None = None
+
+    def plain(self) -> Mapping[str, Any]:
+        """The schema for an API that needs a plain object schema."""
+        return self.loose if self.loose is not None else self.schema
+
+
+@dataclass(frozen=True, slots=True)
+class ChatHooks:
+    """Who to tell while a call runs: ``on_text`` gets each streamed piece of text,
+    ``on_retry`` each retry (the attempt about to be made, the reason, the wait)."""
+
+    on_text: Callable[[str], Awaitable[None]] | None = None
+    on_retry: Callable[[int, str, float], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One call as a provider implementation receives it (validated, defaults applied).
 
@@ -300,6 +366,11 @@ class ChatRequest:
     temperature: float | None = None
     timeout: float | None = None
     context: CallContext | None = None
+    #: When set, the answer's text must be one JSON value matching this schema; the
+    #: provider asks for it with its structured-output mechanism.
+    response_schema: ResponseSchema | None = None
+    #: Streaming and retry notifications for whoever watches the call (may be None).
+    hooks: ChatHooks | None = None
 
     @property
     def system(self) -> str:
