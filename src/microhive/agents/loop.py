@@ -16,7 +16,11 @@ It always ends with an :class:`AgentResult` whose ``stop`` says why:
 =================  ==============================================================
 
 Tool failures do not stop the loop: the error goes back to the model as a tool
-result marked as an error, and the model decides what to do next.
+result marked as an error, and the model decides what to do next. A call that
+cannot run -- no such tool, arguments that are not JSON or do not match the
+tool's schema (:mod:`microhive.agents.arguments`) -- never reaches the tool: the
+model is told exactly what was wrong and tries again within its step budget; the
+record of such a call has ``rejected=True``.
 
 Tracing: each model call is a ``chat {model}`` span and each tool call an
 ``execute_tool {tool}`` span (tool name, call id; arguments and results only
@@ -41,6 +45,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from microhive.agents.arguments import ArgumentChecker
 from microhive.context import CallContext
 from microhive.errors import (
     BudgetExhausted,
@@ -50,6 +55,7 @@ from microhive.errors import (
 )
 from microhive.models.base import ModelProvider, join_trace
 from microhive.models.types import (
+    ChatHooks,
     Message,
     ToolCall,
     ToolResultMessage,
@@ -111,6 +117,8 @@ class ToolRecord:
     is_error: bool
     text: str
     data: Any = None
+    #: The call was refused before it reached the tool (unknown tool, bad arguments).
+    rejected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +147,12 @@ class AgentResult:
                 "output_tokens": self.usage.output_tokens,
             },
             "tool_calls": [
-                {"name": r.name, "arguments": r.arguments, "is_error": r.is_error}
+                {
+                    "name": r.name,
+                    "arguments": r.arguments,
+                    "is_error": r.is_error,
+                    **({"rejected": True} if r.rejected else {}),
+                }
                 for r in self.tool_calls
             ],
             "offline": self.offline,
@@ -204,12 +217,14 @@ async def run_agent(
     task_text: str = "",
     on_tool_call: Callable[[ToolRecord], Awaitable[None]] | None = None,
     metrics: CallMetrics | None = None,
+    hooks: ChatHooks | None = None,
 ) -> AgentResult:
     """Run the loop. ``repeat_limit``: how often one exact call may be made before stopping.
 
     When ``top_k`` is set and the toolbox offers more tools, ``select_tools``
     (tool retrieval) picks the ``top_k`` that fit ``task_text``. ``metrics``
-    records each tool call's latency and outcome on a service's ``/metrics``.
+    records each tool call's latency and outcome on a service's ``/metrics``;
+    ``hooks`` hears the model's streamed text and its retries.
     """
     ctx = context or CallContext.current()
     # Spans go under the current span if it is in ctx's trace, else under ctx's parent.
@@ -227,6 +242,7 @@ async def run_agent(
             task_text=task_text,
             on_tool_call=on_tool_call,
             metrics=metrics,
+            hooks=hooks,
         )
     finally:
         if token is not None:
@@ -248,6 +264,7 @@ async def _loop(
     task_text: str,
     on_tool_call: Callable[[ToolRecord], Awaitable[None]] | None,
     metrics: CallMetrics | None,
+    hooks: ChatHooks | None,
 ) -> AgentResult:
     history: list[Message] = list(messages)
     usage = Usage()
@@ -260,6 +277,7 @@ async def _loop(
             tools = await select_tools(task_text, tools, top_k)
         else:
             tools = tools[:top_k]
+    checker = ArgumentChecker(tools)
 
     def finish(stop: StopReason, text: str = "", detail: str = "", step: int = 0) -> AgentResult:
         return AgentResult(
@@ -278,7 +296,7 @@ async def _loop(
         try:
             ctx.check()
             ctx = ctx.spend(steps=1)
-            result = await model.chat(history, tools=tools or None, context=ctx)
+            result = await model.chat(history, tools=tools or None, context=ctx, hooks=hooks)
         except DeadlineExceeded as exc:
             return finish(StopReason.DEADLINE, last_text, exc.message, step - 1)
         except BudgetExhausted as exc:
@@ -303,12 +321,23 @@ async def _loop(
                     "with the same arguments"
                 )
                 return finish(StopReason.REPEATED_CALL, last_text, detail, step)
+        refused = {i: checker.problems(call) for i, call in enumerate(result.tool_calls)}
         outcomes = await asyncio.gather(
-            *(_call(toolbox, call, ctx, metrics) for call in result.tool_calls)
+            *(
+                _refuse(call, refused[i], metrics)
+                if refused[i]
+                else _call(toolbox, call, ctx, metrics)
+                for i, call in enumerate(result.tool_calls)
+            )
         )
-        for call, outcome in zip(result.tool_calls, outcomes, strict=True):
+        for i, (call, outcome) in enumerate(zip(result.tool_calls, outcomes, strict=True)):
             record = ToolRecord(
-                call.name, dict(call.arguments), outcome.is_error, outcome.text, outcome.data
+                call.name,
+                dict(call.arguments),
+                outcome.is_error,
+                outcome.text,
+                outcome.data,
+                rejected=bool(refused[i]),
             )
             records.append(record)
             if on_tool_call is not None:
@@ -323,6 +352,17 @@ async def _loop(
             )
     return finish(
         StopReason.MAX_STEPS, last_text, f"no final answer after {max_steps} model calls", max_steps
+    )
+
+
+async def _refuse(call: ToolCall, problems: list[str], metrics: CallMetrics | None) -> ToolOutcome:
+    """The answer to a call that cannot run: what was wrong, for the model to fix."""
+    if metrics is not None:
+        metrics.tool_calls.labels(call.name, "invalid_call").observe(0.0)
+    return ToolOutcome(
+        f"The call of {call.name!r} was not run: {'; '.join(problems)}. "
+        "Fix it and call the tool again, or answer without it.",
+        True,
     )
 
 
