@@ -96,3 +96,67 @@ def test_other_refusals() -> None:
 def test_context_beside_the_tasks_is_ignored() -> None:
     plan = parse_plan({**SEED, "goal": "a brief", "offline": True}, roles=ROLES)
     assert len(plan.tasks) == 4
+
+
+def _step(tid: str, *deps: int | str, save_to: str = "") -> dict[str, object]:
+    return {
+        "id": tid,
+        "role": "writer",
+        "instruction": f"do {tid}",
+        "inputs": {"topic": "", "query": "", "read": [], "save_to": save_to},
+        "depends_on": list(deps),
+    }
+
+
+def test_step_numbers_name_earlier_tasks() -> None:
+    plan = parse_plan({"tasks": [_step("a"), _step("b", 1), _step("c", 1, 2, 2)]}, roles=ROLES)
+    assert [(t.id, t.depends_on) for t in plan.tasks] == [
+        ("a", ()),
+        ("b", ("a",)),
+        ("c", ("a", "b")),
+    ]
+    assert "only depend on earlier steps" in _refused([_step("a"), _step("b", 2)])
+    assert "only depend on earlier steps" in _refused([_step("a", 0)])
+
+
+def test_repeated_ids_are_made_unique_only_when_nothing_names_them() -> None:
+    plan = parse_plan({"tasks": [_step("w"), _step("w", 1)]}, roles=ROLES)
+    assert [(t.id, t.depends_on) for t in plan.tasks] == [("w", ()), ("w-2", ("w",))]
+    assert "unique" in _refused([_step("w"), _step("w", "w")])
+
+
+def test_task_count_drops_what_a_model_wrote_past_it() -> None:
+    data = {"task_count": 2, "tasks": [_step("a"), _step("b", 1), _step("c", 2)]}
+    assert [t.id for t in parse_plan(data, roles=ROLES).tasks] == ["a", "b"]
+
+
+def test_empty_inputs_mean_none_and_save_to_is_the_declared_output() -> None:
+    plan = parse_plan({"tasks": [_step("a", save_to="notes.md"), _step("b", 1)]}, roles=ROLES)
+    assert plan.tasks[0].inputs == {"save_to": "notes.md"}
+    assert plan.tasks[0].outputs == ("notes.md",)
+    assert plan.tasks[1].inputs == {} and plan.tasks[1].outputs == ()
+    for bad in ("../up.md", "/abs.md", "a b.md"):
+        assert "must be a relative file path" in _refused([_step("a", save_to=bad)])
+
+
+def test_every_plan_the_schema_allows_is_valid() -> None:
+    """Hypothesis-style sweep: any instance of the structured schema parses."""
+    import itertools
+
+    import jsonschema
+
+    from microhive.models.prompts import plan_schema
+
+    schema = plan_schema(["writer", "researcher"], max_tasks=4)
+    checker = jsonschema.Draft202012Validator(schema)
+    for size in range(1, 5):
+        for deps in itertools.product(*[range(step) for step in range(1, size + 1)]):
+            tasks = [
+                _step(f"t{i}", *([d] if d else []), save_to=f"f{i}.md")
+                for i, d in enumerate(deps, start=1)
+            ]
+            data = {"task_count": size, "tasks": tasks}
+            assert not list(checker.iter_errors(data))
+            assert len(parse_plan(data, roles=ROLES).tasks) == size
+    broken = {"task_count": 2, "tasks": [_step("a", 2), _step("b")]}
+    assert list(checker.iter_errors(broken))  # a forward reference is outside the schema

@@ -6,6 +6,13 @@ role's tools), reports each tool call, and publishes the result on
 ``runs.<run>.result``. Only then is the message acknowledged, so a worker killed
 mid-task loses nothing: the bus redelivers the sub-task to another replica.
 
+A sub-task's declared outputs (files it must produce) are checked by code once
+the agent answers (:mod:`microhive.agents.outputs`): a missing one fails the
+attempt, whatever the model said. A failure that trying again cannot fix (a
+configuration error, such as a missing API key) is reported as not retryable.
+While the agent works, the model's streamed text goes out as ``output`` progress
+(at most about once a second) and each model-call retry as ``retry``.
+
 What makes the redo safe is that everything a worker causes is keyed on the
 sub-task: its events carry message ids built from run, task and attempt (the bus
 stores each once), and tool calls that accept an ``idempotency_key`` get one
@@ -25,11 +32,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.lowlevel
 from opentelemetry import context as otel_context
+from opentelemetry.trace import Status, StatusCode
 
 from microhive.agents.loop import (
     AgentResult,
@@ -40,12 +49,13 @@ from microhive.agents.loop import (
     run_agent,
     with_span_trace,
 )
+from microhive.agents.outputs import OutputCheck, output_paths
 from microhive.bus import Bus, Delivery, Subscription
 from microhive.context import CallContext
-from microhive.errors import MicrohiveError
+from microhive.errors import MicrohiveError, UsageError
 from microhive.models.base import ModelProvider, join_trace
 from microhive.models.prompts import task_messages
-from microhive.models.types import ToolSpec
+from microhive.models.types import ChatHooks, ToolSpec
 from microhive.orchestrator.messages import (
     TaskEvent,
     TaskMessage,
@@ -57,7 +67,12 @@ from microhive.orchestrator.messages import (
 )
 from microhive.tracing import CallMetrics, TracedSpan, agent_span
 
-__all__ = ["KeyedToolbox", "Worker"]
+__all__ = ["EVENT_OUTPUT_MISSING", "KeyedToolbox", "Worker"]
+
+#: The span event of a sub-task whose declared outputs were not produced.
+EVENT_OUTPUT_MISSING = "output_missing"
+#: Streamed model text is sent on at most this often (seconds) per sub-task.
+OUTPUT_INTERVAL = 1.0
 
 log = logging.getLogger("microhive.worker")
 
@@ -106,6 +121,7 @@ class Worker:
         ack_wait: float = 30.0,
         role_prompt: str = "",
         metrics: CallMetrics | None = None,
+        check_outputs: OutputCheck | None = None,
     ) -> None:
         self.bus = bus
         self.role = role
@@ -117,6 +133,7 @@ class Worker:
         self.ack_wait = ack_wait
         self.role_prompt = role_prompt
         self.metrics = metrics
+        self.check_outputs = check_outputs
         self.name = f"{role}@{socket.gethostname()}:{os.getpid()}"
         self.handled = 0
         #: Sub-tasks being worked on right now (a service exposes it on /metrics).
@@ -174,7 +191,9 @@ class Worker:
         except MicrohiveError as exc:
             span.fail(exc)
             await started
-            await self._report(task, "result", ok=False, error=exc.message)
+            # A developer's or operator's mistake fails the same way every time.
+            retryable = not isinstance(exc, UsageError)
+            await self._report(task, "result", ok=False, error=exc.message, retryable=retryable)
             return
         finally:
             heartbeat.cancel()
@@ -185,14 +204,46 @@ class Worker:
         await started
         span.usage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
         ok = result.stop is StopReason.FINAL_ANSWER
-        await self._report(
-            task,
-            "result",
-            ok=ok,
-            result=result.to_dict(),
-            error=None if ok else f"{result.stop.value}: {result.detail}",
-        )
+        error = None if ok else f"{result.stop.value}: {result.detail}"
+        retryable = True
+        data = result.to_dict()
+        if ok and task.outputs:
+            error, retryable = await self._verify(task, data, span)
+            ok = error is None
+        await self._report(task, "result", ok=ok, result=data, error=error, retryable=retryable)
         self.handled += 1
+
+    async def _verify(
+        self, task: TaskMessage, data: dict[str, Any], span: TracedSpan
+    ) -> tuple[str | None, bool]:
+        """Check the declared outputs exist; (the reason it failed, retryable) or (None, _)."""
+        paths = output_paths(task.outputs, task.project)
+        data["outputs"] = paths
+        if self.check_outputs is None:
+            reason = (
+                f"the sub-task declares outputs ({', '.join(paths)}) but this worker has no "
+                "workspace to check them (give the worker service a workspace)"
+            )
+            retryable = False
+        else:
+            try:
+                missing = await self.check_outputs.missing(paths)
+            except MicrohiveError as exc:
+                reason, retryable = exc.message, True
+            else:
+                if not missing:
+                    return None, True
+                reason = (
+                    f"declared output{'s' if len(missing) > 1 else ''} not written: "
+                    f"{', '.join(missing)} (the agent answered without saving "
+                    f"{'them' if len(missing) > 1 else 'it'})"
+                )
+                data["missing_outputs"] = missing
+                retryable = True
+        span.span.add_event(EVENT_OUTPUT_MISSING, {"microhive.reason": reason})
+        span.set("error.type", EVENT_OUTPUT_MISSING)
+        span.span.set_status(Status(StatusCode.ERROR, f"{EVENT_OUTPUT_MISSING}: {reason}"))
+        return reason, retryable
 
     async def _run(self, task: TaskMessage, ctx: CallContext, span: TracedSpan) -> AgentResult:
         model = self.model_for(task.model)
@@ -209,29 +260,42 @@ class Worker:
             project=task.project,
             documents=task.documents,
             role_prompt=self.role_prompt,
+            outputs=output_paths(task.outputs, task.project),
         )
+        stream = _TextOut(self, task)
+
+        async def on_retry(attempt: int, reason: str, delay: float) -> None:
+            detail = {"attempt": attempt, "reason": reason[:500], "delay": delay}
+            await self._report(task, "retry", detail=detail)
 
         async def on_tool(record: ToolRecord) -> None:
+            await stream.flush()
             detail: dict[str, Any] = {"tool": record.name, "is_error": record.is_error}
+            if record.rejected:
+                detail["rejected"] = True
             path = record.arguments.get("path")
             kind = "file" if path and "write" in record.name and not record.is_error else "tool"
             if path:
                 detail["path"] = path
             await self._report(task, kind, detail=detail)
 
-        return await run_agent(
-            model,
-            messages,
-            toolbox=keyed,
-            context=ctx,
-            max_steps=self.max_steps,
-            top_k=self.top_k,
-            # a toolbox that can rank its tools (the gateway's tool retrieval) picks the top k
-            select_tools=getattr(toolbox, "select", None),
-            task_text=task.instruction,
-            on_tool_call=on_tool,
-            metrics=self.metrics,
-        )
+        try:
+            return await run_agent(
+                model,
+                messages,
+                toolbox=keyed,
+                context=ctx,
+                max_steps=self.max_steps,
+                top_k=self.top_k,
+                # a toolbox that can rank its tools (the gateway's tool retrieval) picks top k
+                select_tools=getattr(toolbox, "select", None),
+                task_text=task.instruction,
+                on_tool_call=on_tool,
+                metrics=self.metrics,
+                hooks=ChatHooks(on_text=stream.add, on_retry=on_retry),
+            )
+        finally:
+            await stream.flush()
 
     async def _report(
         self,
@@ -242,6 +306,7 @@ class Worker:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         detail: dict[str, Any] | None = None,
+        retryable: bool = True,
     ) -> None:
         event = TaskEvent(
             type=kind,
@@ -253,6 +318,7 @@ class Worker:
             result=result,
             error=error,
             detail=detail or {},
+            retryable=retryable,
         )
         subject_kind = {"started": "started", "result": "result"}.get(kind, "progress")
         msg_id = None
@@ -267,3 +333,30 @@ class Worker:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             await delivery.in_progress()
+
+
+class _TextOut:
+    """Streamed model text of one sub-task, sent on as ``output`` progress in pieces.
+
+    Pieces are joined and sent at most every :data:`OUTPUT_INTERVAL` seconds (and
+    before each tool call's report and at the end), so a slow local model shows
+    it is working without one bus message per token.
+    """
+
+    def __init__(self, worker: Worker, task: TaskMessage) -> None:
+        self._worker = worker
+        self._task = task
+        self._pieces: list[str] = []
+        self._sent = time.monotonic()
+
+    async def add(self, text: str) -> None:
+        self._pieces.append(text)
+        if time.monotonic() - self._sent >= OUTPUT_INTERVAL:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._sent = time.monotonic()
+        if not self._pieces:
+            return
+        text, self._pieces = "".join(self._pieces), []
+        await self._worker._report(self._task, "output", detail={"text": text})

@@ -1,13 +1,14 @@
 """What the orchestrator and the workers say to each other on the bus.
 
-=========================  =====================================  ==================
-subject                    payload                                who publishes
-=========================  =====================================  ==================
-``tasks.<role>``           :class:`TaskMessage`                   orchestrator
-``runs.<run>.started``     :class:`TaskEvent` (``started``)       worker
-``runs.<run>.progress``    :class:`TaskEvent` (``tool``/``file``) worker
-``runs.<run>.result``      :class:`TaskEvent` (``result``)        worker
-=========================  =====================================  ==================
+=========================  ==================================================  =============
+subject                    payload                                             who publishes
+=========================  ==================================================  =============
+``tasks.<role>``           :class:`TaskMessage`                                orchestrator
+``runs.<run>.started``     :class:`TaskEvent` (``started``)                    worker
+``runs.<run>.progress``    :class:`TaskEvent` (``tool``, ``file``, ``output``  worker
+                           -- the model's streamed text -- or ``retry``)
+``runs.<run>.result``      :class:`TaskEvent` (``result``)                     worker
+=========================  ==================================================  =============
 
 Workers take ``tasks.<role>`` as the queue group ``worker-<role>``, so replicas
 share the load; the orchestrator takes ``runs.>`` as the queue group
@@ -82,12 +83,14 @@ class TaskMessage(_Message):
     #: Results of the tasks this one depends on, by task id.
     documents: dict[str, str] = Field(default_factory=dict)
     model: str | None = None
+    #: Files (relative to ``project``) the sub-task must produce: its declared outputs.
+    outputs: list[str] = Field(default_factory=list, max_length=16)
 
 
 class TaskEvent(_Message):
     """Something a worker reports about a sub-task."""
 
-    type: Literal["started", "tool", "file", "result"]
+    type: Literal["started", "tool", "file", "output", "retry", "result"]
     run_id: str
     task_id: str
     attempt: int = Field(ge=1)
@@ -96,7 +99,11 @@ class TaskEvent(_Message):
     #: For ``result``: the agent's result (text, stop reason, usage, tool calls).
     result: dict[str, Any] | None = None
     error: str | None = None
-    #: For ``tool``/``file``: what happened (tool name, path, ...).
+    #: For a failed ``result``: False when trying again cannot help (a configuration
+    #: error such as a missing key), so the orchestrator fails the sub-task at once.
+    retryable: bool = True
+    #: For ``tool``/``file``: what happened (tool name, path, ...); for ``output``: the
+    #: model's streamed text (``text``); for ``retry``: the model call's retry.
     detail: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -13,6 +13,14 @@ A planner answers with JSON of this shape::
 the planner can be re-asked with -- a plan that is not JSON, has unknown keys,
 repeats an id, depends on a missing task, has a cycle, names a role the mesh does
 not have, or is too large.
+
+**Declared outputs.** A sub-task's ``outputs`` are the files (relative to the
+run's project folder) it must produce; when a plan gives none, the task's
+``inputs.save_to`` (a file name or a list of them) is taken. The worker checks
+them after its agent is done, and a sub-task whose outputs are missing fails,
+whatever the agent said. Empty values (``""``, ``[]``, ``null``) in ``inputs``
+mean "none" and are dropped: a structured-output schema makes a model fill every
+field.
 """
 
 from __future__ import annotations
@@ -22,14 +30,31 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from microhive.errors import InvalidInput
 
-__all__ = ["MAX_TASKS", "Plan", "PlanError", "PlannedTask", "parse_plan", "ready_tasks"]
+__all__ = [
+    "MAX_OUTPUTS",
+    "MAX_TASKS",
+    "Plan",
+    "PlanError",
+    "PlannedTask",
+    "parse_plan",
+    "ready_tasks",
+]
 
 MAX_TASKS = 64
+MAX_OUTPUTS = 8
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_OUTPUT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$")
 
 
 class PlanError(InvalidInput):
@@ -46,6 +71,23 @@ class PlannedTask(BaseModel):
     instruction: str = Field(min_length=1, max_length=8000)
     inputs: dict[str, Any] = Field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    #: Files (relative to the project folder) the sub-task must produce.
+    outputs: tuple[str, ...] = Field(default=(), max_length=MAX_OUTPUTS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declared(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        inputs = data.get("inputs")
+        if isinstance(inputs, dict):
+            inputs = {k: v for k, v in inputs.items() if v not in ("", None, [], {})}
+            data["inputs"] = inputs
+            if "outputs" not in data and "save_to" in inputs:
+                saved = inputs["save_to"]
+                data["outputs"] = [saved] if isinstance(saved, str) else saved
+        return data
 
     @field_validator("id")
     @classmethod
@@ -53,6 +95,17 @@ class PlannedTask(BaseModel):
         if not _ID.match(value):
             raise ValueError(f"task id {value!r} must be 1-64 letters, digits, '.', '_' or '-'")
         return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not isinstance(path, str) or not _OUTPUT.match(path) or ".." in path.split("/"):
+                raise ValueError(
+                    f"output {path!r} must be a relative file path (letters, digits, "
+                    "'.', '_', '-', '/'; no '..', at most 200 characters)"
+                )
+        return tuple(dict.fromkeys(value))
 
 
 class Plan(BaseModel):
@@ -94,6 +147,7 @@ def parse_plan(
         data = _json_from_text(raw)
     if isinstance(data, list):
         data = {"tasks": data}
+    data = _step_numbers(data)
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
@@ -102,6 +156,58 @@ def parse_plan(
         raise PlanError(f"plan is malformed at {where}: {first['msg']}") from None
     _check(plan, set(roles), max_tasks)
     return plan
+
+
+def _step_numbers(data: Any) -> Any:
+    """Dependencies given as step numbers (1 = the first task) turned into task ids.
+
+    The structured-output schema has models name earlier steps by number, which
+    cannot be wrong; when every reference in a plan is a number, a repeated id is
+    also made unique (``write``, ``write-2``), since nothing refers to it by name.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        return data
+    tasks = data["tasks"]
+    count = data.get("task_count")
+    if isinstance(count, int) and not isinstance(count, bool) and 0 < count < len(tasks):
+        tasks = tasks[:count]  # the model said how many; what it wrote past that is dropped
+    if not all(isinstance(t, dict) for t in tasks):
+        return data
+    deps = [t.get("depends_on") or [] for t in tasks]
+    refs = [d for group in deps if isinstance(group, list) for d in group]
+    numbered = [d for d in refs if isinstance(d, int) and not isinstance(d, bool)]
+    if not numbered:
+        return {**data, "tasks": tasks}
+    renamed = tasks
+    if len(numbered) == len(refs):  # no reference by name: ids may be made unique
+        seen: set[str] = set()
+        renamed = []
+        for t in tasks:
+            base = str(t.get("id", "task"))
+            tid, n = base, 1
+            while tid in seen:
+                n += 1
+                tid = f"{base}-{n}"[:64]
+            seen.add(tid)
+            renamed.append({**t, "id": tid})
+    out = []
+    for index, t in enumerate(renamed, start=1):
+        group = t.get("depends_on")
+        if isinstance(group, list):
+            resolved: list[Any] = []
+            for d in group:
+                if isinstance(d, int) and not isinstance(d, bool):
+                    if not 1 <= d < index:
+                        raise PlanError(
+                            f"task {t.get('id')!r} (step {index}) depends on step {d}; a task "
+                            "may only depend on earlier steps (1 = the first task)"
+                        )
+                    d = renamed[d - 1].get("id")
+                if d not in resolved:
+                    resolved.append(d)
+            t = {**t, "depends_on": resolved}
+        out.append(t)
+    return {**data, "tasks": out}
 
 
 def _json_from_text(text: str) -> Any:

@@ -49,6 +49,7 @@ def run_result(run: RunRecord, tasks: list[TaskRecord]) -> dict[str, Any]:
             path = (call.get("arguments") or {}).get("path")
             if path and not call.get("is_error") and "write" in str(call.get("name", "")):
                 files.append(str(path))
+        files.extend(str(p) for p in (t.result or {}).get("outputs") or ())
     return {
         "summary": "\n\n".join(str((t.result or {}).get("text", "")) for t in finals),
         "files": sorted(set(files)),
