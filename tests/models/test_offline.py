@@ -22,8 +22,9 @@ from microhive.models import (
     task_messages,
 )
 from microhive.models.offline import OfflineModel
-from microhive.models.offline.planner import split_goal
+from microhive.models.offline.planner import make_plan, split_goal
 from microhive.models.offline.text import Source, split_sentences
+from microhive.orchestrator.plan import parse_plan
 
 from .harness import CORPUS, TOOLS, Workspace, run_agent
 
@@ -111,6 +112,93 @@ async def test_planner_uses_only_the_roles_it_was_given(roles: dict[str, str]) -
             planning_messages("a brief about tides: causes and energy", roles)
         )
     check_dag(extract_json(result.text), roles)
+
+
+CUSTOM_ROLES = {
+    **ROLES,
+    "fact-checker": "checks every claim in the findings against its source",
+    "translator": "translates the key facts into French",
+}
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        CUSTOM_ROLES,
+        {"researcher": "finds material", "translator": "translator"},  # no description
+        {"fact-checker": "checks claims", "writer": "writes", "editor": "improves style"},
+    ],
+)
+async def test_planner_gives_every_worker_role_work(roles: dict[str, str]) -> None:
+    async with OfflineModel() as model:
+        first = await model.chat(planning_messages("a brief about bees: pollination", roles))
+        again = await model.chat(planning_messages("a brief about bees: pollination", roles))
+    assert first.text == again.text  # deterministic
+    plan = extract_json(first.text)
+    workers = [r for r in roles if r != "planner"]
+    graph = check_dag(plan, roles)
+    parse_plan(plan, roles=workers)  # what the orchestrator accepts
+    assert {t["role"] for t in plan["tasks"]} == set(workers)
+    by_id = {t["id"]: t for t in plan["tasks"]}
+    standard = {"outline", "summarize", "write"} | {i for i in by_id if i.startswith("research-")}
+    own = [by_id[i] for i in by_id if i not in standard]
+    for task in own:  # each left-over role: one step on the findings, read by the writer
+        assert graph[task["id"]] == ["summarize"]
+        assert task["inputs"]["read"] == ["findings.json"]
+        assert task["inputs"]["save_to"] == f"{task['role']}.md"
+        assert task["id"] in graph["write"]
+        assert task["inputs"]["save_to"] in by_id["write"]["inputs"]["read"]
+        assert task["inputs"]["save_to"] in by_id["write"]["instruction"]
+    if roles is CUSTOM_ROLES:
+        assert [t["role"] for t in own] == ["fact-checker", "translator"]
+        assert by_id["fact-checker"]["instruction"] == (
+            "Checks every claim in the findings against its source for the brief about bees: "
+            "read findings.json, save your result to fact-checker.md."
+        )
+        # the default roles keep their steps
+        assert by_id["summarize"]["role"] == "summarizer" and by_id["write"]["role"] == "writer"
+
+
+def test_roles_match_steps_by_the_words_of_their_descriptions() -> None:
+    roles = {
+        "clerk": "reads the findings and files them",  # 'findings' is not 'find'
+        "scout": "finds sources on the web",
+        "editor": "merges notes into the key facts",
+        "scribe": "drafts the final text",
+        "architect": "plans the structure of the brief",
+    }
+    plan = make_plan("a brief about bees: pollination", roles)
+    steps = {t["id"]: t["role"] for t in plan["tasks"]}
+    assert steps == {
+        "outline": "architect",
+        "research-pollination": "scout",
+        "summarize": "editor",
+        "clerk": "clerk",
+        "write": "scribe",
+    }
+
+
+async def test_the_offline_agents_do_the_work_of_every_role_in_the_plan() -> None:
+    """Each sub-task of a plan with custom roles, run in order: every role writes its
+    file, and the writer reads the custom roles' files before writing the report."""
+    roles = {k: v for k, v in CUSTOM_ROLES.items() if k != "planner"}
+    plan = make_plan("a brief about solar power: costs and storage", roles)
+    ws = Workspace()
+    project = "projects/run-1"
+    order = parse_plan(plan, roles=roles).topological_order()
+    by_id = {t["id"]: t for t in plan["tasks"]}
+    for task_id in order:
+        task = by_id[task_id]
+        ws.log.clear()
+        messages = task_messages(
+            task["role"], task["instruction"], inputs=task["inputs"], project=project
+        )
+        await run_agent(OfflineModel(), messages, ws)
+        assert f"{project}/{task['inputs']['save_to']}" in ws.files, task_id
+    read = {str(c.arguments.get("path")) for c in ws.log if c.name == "workspace.read"}
+    assert {f"{project}/fact-checker.md", f"{project}/translator.md"} <= read
+    assert OFFLINE_NOTE in ws.files[f"{project}/fact-checker.md"]
+    assert "## Sources" in ws.files[f"{project}/report.md"]
 
 
 async def test_planner_keeps_the_goal_when_re_asked() -> None:

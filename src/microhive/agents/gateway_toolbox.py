@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import httpx2
@@ -31,7 +31,8 @@ __all__ = ["GatewayToolbox"]
 
 
 class GatewayToolbox:
-    """``await start()`` once, then ``list_tools`` / ``call_tool``; ``aclose()`` at the end.
+    """``await start()`` once, then ``list_tools`` / ``call_tool``; ``aclose()`` at the end
+    (or ``async with GatewayToolbox(url, token=...) as tools:``).
 
     The session is the gateway's own :class:`UpstreamPool` pointed at the
     gateway: one long-lived SDK client owned by a task, reconnecting after the
@@ -62,6 +63,13 @@ class GatewayToolbox:
     async def aclose(self) -> None:
         self._http = None
         await self._stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def list_tools(self) -> list[ToolSpec]:
         """The role's tools now (asked once per sub-task: the gateway's list changes)."""

@@ -1,5 +1,9 @@
 """``microhive run GOAL``: give a running mesh a goal and watch it being done.
 
+``microhive run --plan plan.yaml [GOAL]`` gives it the plan too (YAML, or JSON
+for ``.json``; the goal defaults to the plan's ``goal``): the planner is
+skipped, and a plan the orchestrator refuses is one line saying why (exit 2).
+
 The command posts the goal to the orchestrator, then follows the run's
 server-sent events: the plan as it is made, each sub-task as it is dispatched,
 started and finished, files as they are written. It ends with the run's status,
@@ -31,6 +35,7 @@ from microhive.cli._common import (
     out,
 )
 from microhive.config import MeshConfig
+from microhive.orchestrator.plan_file import read_plan_file
 from microhive.service import STATE_DIR, service_url
 
 __all__ = ["app", "follow_run", "orchestrator_url", "show_run"]
@@ -140,7 +145,18 @@ def show_run(run: dict[str, Any]) -> None:
 
 @app.command("run")
 def run_command(
-    goal: Annotated[str, typer.Argument(help="What the agent should do.")],
+    goal: Annotated[
+        str | None,
+        typer.Argument(help="What the agent should do (with --plan: the plan's goal if left out)."),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="Run this plan (YAML, or JSON for .json) instead of asking the planner.",
+            show_default=False,
+        ),
+    ] = None,
     file: FileOption = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Deadline for the run, in seconds.")
@@ -153,7 +169,15 @@ def run_command(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Give the running mesh a goal and show its progress live."""
+    """Give the running mesh a goal (or a plan) and show its progress live."""
+    body: dict[str, Any] = {}
+    if plan is not None:
+        with handle_errors():
+            body["plan"] = read_plan_file(plan)
+        if goal is None and isinstance(body["plan"].get("goal"), str):
+            goal = body["plan"]["goal"]
+    if not goal or not goal.strip():
+        fail("give a goal (microhive run GOAL), or a plan file with a 'goal' (--plan FILE)", 2)
     mesh, mesh_file = load_mesh(file)
     base = orchestrator_url(mesh, orchestrator, mesh_file)
     options: dict[str, Any] = {}
@@ -161,14 +185,16 @@ def run_command(
         options["timeout"] = timeout
     if budget_tokens:
         options["budget_tokens"] = budget_tokens
+    body.update(goal=goal, options=options)
     with httpx.Client(base_url=base, timeout=30) as client:
         try:
-            response = client.post("/runs", json={"goal": goal, "options": options})
+            response = client.post("/runs", json=body)
         except httpx.HTTPError as exc:
             fail(f"cannot reach the orchestrator at {base} ({exc}); is the mesh up?")
         if response.status_code != 202:
-            detail = response.json().get("message", response.text) if response.content else ""
-            fail(f"the orchestrator refused the goal: {detail}", 2)
+            fail(
+                f"the orchestrator refused the {'plan' if plan else 'goal'}: {_reason(response)}", 2
+            )
         run_id = response.json()["id"]
         run = follow_run(client, run_id, goal, as_json=as_json)
     if as_json:
@@ -177,3 +203,13 @@ def run_command(
         show_run(run)
     if run["status"] != "succeeded":
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _reason(response: httpx.Response) -> str:
+    """What an error answer says (its JSON ``message``), on one line."""
+    try:
+        detail = str(response.json().get("message", ""))
+    except (ValueError, AttributeError):
+        detail = ""
+    detail = detail or response.text or f"HTTP {response.status_code}"
+    return " ".join(detail.split())

@@ -21,7 +21,10 @@ invalid one is re-asked with the reason, up to ``plan_attempts`` times) ->
 ``running`` (ready sub-tasks dispatched; each result unlocks its dependants; a
 failed sub-task is retried up to ``max_attempts``, then the run fails with the
 reason) -> ``succeeded`` / ``failed`` / ``cancelled``. The run's deadline and
-budget bound all of it.
+budget bound all of it. A run submitted with its own plan skips planning: the
+plan is checked, stored with the run and its sub-tasks, and the run is
+``running`` before :meth:`Orchestrator.submit` returns (``plan.made`` says
+``"source": "given"``); a restart adopts such a run's plan, never re-plans it.
 
 Tracing: a run is the trace ``POST /runs`` arrived in (the run stores its server
 span's ``traceparent``; that span has ``microhive.run_id``). Planning is an
@@ -33,10 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio.lowlevel
@@ -47,8 +51,8 @@ from microhive.bus import Bus, Delivery, Subscription
 from microhive.context import CallContext
 from microhive.errors import Conflict, InvalidInput, MicrohiveError, NotFound
 from microhive.models.base import ModelProvider
-from microhive.models.prompts import planning_messages
-from microhive.models.types import UserMessage
+from microhive.models.prompts import plan_schema, planning_messages
+from microhive.models.types import AssistantMessage, ChatHooks, ResponseSchema, UserMessage
 from microhive.orchestrator.messages import (
     ORCHESTRATOR_GROUP,
     RUN_EVENTS,
@@ -59,7 +63,8 @@ from microhive.orchestrator.messages import (
     task_subject,
 )
 from microhive.orchestrator.options import RunOptions, project_folder
-from microhive.orchestrator.plan import Plan, PlanError, parse_plan
+from microhive.orchestrator.plan import Plan, PlanError, PlannedTask, parse_plan
+from microhive.orchestrator.plan_file import given_plan
 from microhive.orchestrator.report import run_result, run_view
 from microhive.orchestrator.store import (
     RunEvent,
@@ -85,6 +90,34 @@ log = logging.getLogger("microhive.orchestrator")
 _tracer = trace.get_tracer("microhive.orchestrator")
 
 _IN_FLIGHT = (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
+# Worker progress -> the run event it is recorded as.
+_PROGRESS_EVENTS = {
+    "tool": "task.tool",
+    "file": "file.written",
+    "output": "task.output",
+    "retry": "task.model_retry",
+}
+
+
+def _declared_outputs(run: RunRecord) -> dict[str, list[str]]:
+    """Each sub-task's declared outputs, from the run's stored plan."""
+    tasks = (run.plan or {}).get("tasks") or []
+    return {
+        str(t.get("id")): [str(o) for o in t.get("outputs") or ()]
+        for t in tasks
+        if isinstance(t, dict)
+    }
+
+
+def _task_records(run_id: str, plan: Plan) -> list[TaskRecord]:
+    """The plan's sub-tasks as stored: every field a planned task and a record share."""
+    shared = {f.name for f in dataclasses.fields(TaskRecord)} & set(PlannedTask.model_fields)
+    records = []
+    for task in plan.tasks:
+        values = {name: getattr(task, name) for name in shared}
+        values["inputs"] = dict(task.inputs)
+        records.append(TaskRecord(run_id=run_id, **values))
+    return records
 
 
 @contextlib.contextmanager
@@ -160,13 +193,29 @@ class Orchestrator:
 
     # ------------------------------------------------------------ public API
 
-    async def submit(self, goal: str, options: RunOptions | None = None) -> RunRecord:
-        """Accept a goal: stored durably before this returns, then planned in the background."""
+    async def submit(
+        self,
+        goal: str,
+        options: RunOptions | None = None,
+        *,
+        plan: Plan | Mapping[str, Any] | list[Any] | None = None,
+    ) -> RunRecord:
+        """Accept a goal: stored durably before this returns, then planned in the background.
+
+        With ``plan`` (a planner's answer's shape, see :func:`given_plan`) the planner
+        is skipped: the plan is checked against the roles before anything is stored
+        (PlanError), and stored with the run and its sub-tasks before this returns,
+        so a restart never sends the run to the planner; dispatch starts at once.
+        """
         goal = goal.strip()
         if not goal:
             raise InvalidInput("goal must not be empty")
         if len(goal) > 4000:
             raise InvalidInput(f"goal is {len(goal)} characters; at most 4000 are allowed")
+        given: Plan | None = None
+        if plan is not None:
+            raw = plan.model_dump(mode="json") if isinstance(plan, Plan) else plan
+            given = given_plan(raw, roles=self.roles)
         opts = options or RunOptions()
         base = CallContext.current()
         ctx = CallContext(
@@ -178,12 +227,22 @@ class Orchestrator:
             budget_tokens=opts.budget_tokens or base.budget_tokens,
         )
         run = RunRecord(
-            id=uuid.uuid4().hex, goal=goal, options=opts.to_dict(), trace=ctx.to_headers()
+            id=uuid.uuid4().hex,
+            goal=goal,
+            options=opts.to_dict(),
+            trace=ctx.to_headers(),
+            # A pending run with a plan is a given plan's: _resume adopts it, never re-plans.
+            plan=None if given is None else {**given.model_dump(mode="json"), "source": "given"},
         )
         await self.store.create_run(run)
         set_run_id(run.id)  # on the POST /runs server span: `microhive trace RUN_ID` finds it
         await self._event(run.id, "run.created", {"goal": goal, "trace_id": ctx.trace_id})
-        self._spawn(self._plan(run))
+        if given is None:
+            self._spawn(self._plan(run))
+            return run
+        self._arm_deadline(run.id, ctx.deadline)
+        run = await self._adopt_plan(run, [])
+        self._spawn(self._dispatch_given(run.id))
         return run
 
     async def cancel(self, run_id: str) -> RunRecord:
@@ -235,8 +294,19 @@ class Orchestrator:
         ctx = CallContext.from_headers(run.trace)
         self._arm_deadline(run.id, ctx.deadline)
         messages = planning_messages(run.goal, self.roles)
+        # Structured output: the plan's schema (roles as an enum, every list and
+        # string bounded) goes to the provider, which makes a small model keep to it.
+        roles = list(self.roles)
+        schema = ResponseSchema(
+            "plan",
+            plan_schema(roles),
+            "The sub-tasks of the goal, in the order they can run.",
+            loose=plan_schema(roles, loose=True),
+        )
+        hooks = ChatHooks(on_text=_Batched(self, run.id).add, on_retry=self._retry_hook(run.id))
         plan: Plan | None = None
         reason = ""
+        answer = ""
         with (
             ctx.activate(),
             agent_span(
@@ -252,9 +322,13 @@ class Orchestrator:
                 if reason:
                     asked = [
                         *messages,
+                        AssistantMessage(answer[:8000]),
                         UserMessage(f"That plan was refused: {reason}. Send a corrected plan."),
                     ]
-                result = await self.planner.chat(asked, context=ctx)
+                result = await self.planner.chat(
+                    asked, context=ctx, response_schema=schema, hooks=hooks
+                )
+                answer = result.text
                 span.set("microhive.plan.attempts", attempt)
                 try:
                     plan = parse_plan(result.text, roles=self.roles)
@@ -284,7 +358,10 @@ class Orchestrator:
             ],
         )
         plan_data = plan.model_dump(mode="json")
-        made = ("plan.made", {"tasks": plan_data["tasks"], "project": project})
+        made = (
+            "plan.made",
+            {"tasks": plan_data["tasks"], "project": project, "source": "planner"},
+        )
         await self.store.update_run(
             run.id,
             expected=RunStatus.PLANNING,
@@ -294,6 +371,35 @@ class Orchestrator:
         )
         await self._notify()
         await self._advance(run.id)
+
+    async def _adopt_plan(self, run: RunRecord, stored: list[TaskRecord]) -> RunRecord:
+        """A given plan (stored with its run) as the run's sub-tasks, and the run running
+        with ``plan.made`` -- what planning ends with, without the planner. Picks up
+        where a crash left it: the sub-tasks already ``stored`` are not added again."""
+        assert run.plan is not None
+        plan = Plan.model_validate(run.plan)
+        if not stored:
+            await self.store.put_tasks(run.id, _task_records(run.id, plan))
+        data = {
+            "tasks": run.plan["tasks"],
+            "project": project_folder(run.goal, run.id),
+            "source": "given",
+        }
+        run = await self.store.update_run(
+            run.id, expected=run.status, event=("plan.made", data), status=RunStatus.RUNNING
+        )
+        await self._notify()
+        return run
+
+    async def _dispatch_given(self, run_id: str) -> None:
+        """Dispatch a given plan's first sub-tasks (in the background of ``submit``)."""
+        try:
+            await self._advance(run_id)
+        except MicrohiveError as exc:
+            await self._finish(run_id, RunStatus.FAILED, error=f"dispatch failed: {exc.message}")
+        except Exception as exc:
+            log.exception("dispatching run %s crashed", run_id)
+            await self._finish(run_id, RunStatus.FAILED, error=f"dispatch crashed: {exc!r}")
 
     # ------------------------------------------------------------- dispatch
 
@@ -363,6 +469,7 @@ class Orchestrator:
             project=project_folder(run.goal, run.id),
             documents=documents,
             model=run.options.get("models", {}).get(task.role),
+            outputs=_declared_outputs(run).get(task.id, []),
         )
         with _in_run(
             run,
@@ -379,6 +486,8 @@ class Orchestrator:
         ctx = CallContext.from_headers(run.trace)
         self._arm_deadline(run.id, ctx.deadline)
         tasks = await self.store.get_tasks(run.id)
+        if run.status is not RunStatus.RUNNING and run.plan is not None:
+            run = await self._adopt_plan(run, tasks)  # a given plan: never the planner's
         if run.status is not RunStatus.RUNNING and not tasks:
             if run.status is RunStatus.PLANNING:
                 run = await self.store.update_run(
@@ -403,7 +512,7 @@ class Orchestrator:
             changes = {"status": TaskStatus.RUNNING}
             data = {"task": event.task_id, "worker": event.worker}
             await self._move(event, (TaskStatus.DISPATCHED,), changes, ("task.started", data))
-        elif event.type in ("tool", "file"):
+        elif event.type in _PROGRESS_EVENTS:
             await self._on_progress(event)
         elif event.ok:
             result = event.result or {}
@@ -443,7 +552,7 @@ class Orchestrator:
             raise InvalidInput(f"event for an unknown run or sub-task: {exc.message}") from None
         if run.status.finished or task.attempts != event.attempt:
             return  # late news of a finished run or of an earlier attempt
-        name = "file.written" if event.type == "file" else "task.tool"
+        name = _PROGRESS_EVENTS[event.type]
         await self._event(run.id, name, {"task": task.id, **event.detail})
 
     async def _after_success(self, run_id: str) -> None:
@@ -475,7 +584,7 @@ class Orchestrator:
         reason = event.error or str(result.get("detail") or "sub-task failed")
         data: dict[str, Any] = {"task": event.task_id, "attempt": event.attempt, "reason": reason}
         changes: dict[str, Any]
-        if event.attempt < self.max_attempts:
+        if event.attempt < self.max_attempts and event.retryable:
             changes = {"status": TaskStatus.PENDING, "error": reason}
             if await self._move(event, _IN_FLIGHT, changes, ("task.retry", data)) is not None:
                 await self._advance(event.run_id)
@@ -484,15 +593,28 @@ class Orchestrator:
         data = {"task": event.task_id, "reason": reason}
         if await self._move(event, _IN_FLIGHT, changes, ("task.failed", data)) is None:
             return
+        attempts = f"after {event.attempt} attempts" if event.retryable else "(not retried)"
         await self._finish(
             event.run_id,
             RunStatus.FAILED,
-            error=f"sub-task {event.task_id!r} failed after {event.attempt} attempts: {reason}",
+            error=f"sub-task {event.task_id!r} failed {attempts}: {reason}",
         )
 
     # ------------------------------------------------------------- finishing
 
     async def _complete(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
+        # Workers check declared outputs before they report success; a result that
+        # does not confirm them (an older or foreign worker) does not make a success.
+        declared = _declared_outputs(run)
+        for task in tasks:
+            if declared.get(task.id) and not (task.result or {}).get("outputs"):
+                await self._finish(
+                    run.id,
+                    RunStatus.FAILED,
+                    error=f"sub-task {task.id!r} declares outputs "
+                    f"({', '.join(declared[task.id])}) that its result does not confirm",
+                )
+                return
         await self._finish(run.id, RunStatus.SUCCEEDED, result=run_result(run, tasks))
 
     async def _finish(
@@ -555,6 +677,13 @@ class Orchestrator:
             deadline_exceeded(deadline, overdue=max(0.0, time.time() - deadline))
             await self._finish(run_id, RunStatus.FAILED, error="deadline exceeded: run stopped")
 
+    def _retry_hook(self, run_id: str) -> Callable[[int, str, float], Awaitable[None]]:
+        async def on_retry(attempt: int, reason: str, delay: float) -> None:
+            data = {"task": None, "attempt": attempt, "reason": reason[:500], "delay": delay}
+            await self._event(run_id, "plan.model_retry", data)
+
+        return on_retry
+
     async def _event(self, run_id: str, type: str, data: dict[str, Any]) -> None:
         await self.store.append_event(run_id, type, data)
         await self._notify()
@@ -563,3 +692,21 @@ class Orchestrator:
         """Wake this process's event streams: the run's events changed."""
         async with self._changed:
             self._changed.notify_all()
+
+
+class _Batched:
+    """The planner's streamed text as ``plan.output`` run events, about once a second."""
+
+    def __init__(self, orch: Orchestrator, run_id: str, interval: float = 1.0) -> None:
+        self._orch = orch
+        self._run_id = run_id
+        self._interval = interval
+        self._pieces: list[str] = []
+        self._sent = time.monotonic()
+
+    async def add(self, text: str) -> None:
+        self._pieces.append(text)
+        if time.monotonic() - self._sent >= self._interval:
+            self._sent = time.monotonic()
+            text, self._pieces = "".join(self._pieces), []
+            await self._orch._event(self._run_id, "plan.output", {"text": text})

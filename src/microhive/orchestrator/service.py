@@ -3,7 +3,10 @@
 =====================================  ==============================================
 ``POST /runs``                         ``{"goal": ..., "options": {timeout, budget_steps,
                                        budget_tokens, models: {role: model}}}`` -> 202
-                                       ``{"id": ...}``; stored before the answer
+                                       ``{"id": ...}``; stored before the answer.
+                                       With ``"plan": {"tasks": [...]}`` the planner is
+                                       skipped (the goal defaults to the plan's); an
+                                       invalid plan is a 400 with the reason
 ``GET /runs``                          recent runs
 ``GET /runs/{id}``                     the run, its plan and every sub-task's state
 ``GET /runs/{id}/events``              server-sent events: the run's history, then live
@@ -34,7 +37,8 @@ from microhive.tracing import register_call_metrics
 
 __all__ = ["create_service"]
 
-_MAX_GOAL_BODY = 64 * 1024
+# A goal with its own plan: up to 64 sub-tasks of up to 8,000-character instructions.
+_MAX_RUN_BODY = 1024 * 1024
 
 
 def create_service(ctx: ServiceContext) -> Service:
@@ -59,12 +63,14 @@ def create_service(ctx: ServiceContext) -> Service:
 
     @service.on_startup
     async def start() -> None:
+        # The planner first: a missing key or SDK fails the start with one line
+        # before anything else is opened.
+        planner = open_model(planner_spec, mesh=mesh, state_dir=ctx.state_dir)
+        planner.call_metrics = calls
         store = open_store(mesh.stores.workflow)
         await store.open()
         bus = bus_from_spec(mesh.bus)
         await bus.start()
-        planner = open_model(planner_spec)
-        planner.call_metrics = calls
         orch = Orchestrator(
             store=store,
             bus=bus,
@@ -98,16 +104,21 @@ def create_service(ctx: ServiceContext) -> Service:
     @service.route("/runs", methods=["POST"])
     async def create_run(request: Request) -> JSONResponse:
         body = await _json_body(request)
+        plan = body.get("plan")
+        if plan is not None and not isinstance(plan, dict | list):
+            raise InvalidInput("'plan' must be an object with 'tasks' (or a list of tasks)")
         goal = body.get("goal")
+        if goal is None and isinstance(plan, dict):
+            goal = plan.get("goal")  # a plan may carry its goal
         if not isinstance(goal, str):
-            raise InvalidInput("body must have a 'goal' string")
+            raise InvalidInput("body must have a 'goal' string (or a plan with one)")
         options = body.get("options")
         if options is not None and not isinstance(options, dict):
             raise InvalidInput("'options' must be an object")
-        unknown = set(body) - {"goal", "options"}
+        unknown = set(body) - {"goal", "options", "plan"}
         if unknown:
             raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}")
-        run = await orch().submit(goal, RunOptions.from_dict(options))
+        run = await orch().submit(goal, RunOptions.from_dict(options), plan=plan)
         info = await orch().get(run.id)
         return JSONResponse(info, status_code=202, headers={"Location": f"/runs/{run.id}"})
 
@@ -161,12 +172,14 @@ def create_service(ctx: ServiceContext) -> Service:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    if len(raw) > _MAX_GOAL_BODY:
-        raise InvalidInput(f"body is {len(raw)} bytes; at most {_MAX_GOAL_BODY} are allowed")
+    if len(raw) > _MAX_RUN_BODY:
+        raise InvalidInput(f"body is {len(raw)} bytes; at most {_MAX_RUN_BODY} are allowed")
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
     return body

@@ -6,9 +6,25 @@ The plan has the seed's shape::
 
 one research task per sub-topic named in the goal ("... about solar power:
 costs, storage and grid integration" gives three), or three standard facets of
-the topic when the goal names none. Roles are matched to the steps by name
-(``research*``, ``summar*``, ``writ*``, ``outlin*``) with fall-backs, so any set
-of roles yields a plan that uses only those roles.
+the topic when the goal names none.
+
+Every worker role in the prompt gets work (``planner`` plans; it works only when
+it is the one role there is):
+
+1. Each step takes the first role whose *name* contains one of its stems, else
+   the first whose *description* has a word starting with one: research
+   (``research``, ``search``, ``gather``, ``find`` -- not "findings"), summarize
+   (``summar``, ``condens``, ``merg``, ``digest``), write (``writ``, ``draft``,
+   ``author``, ``report``), outline (``outlin``, ``plan``, ``structur``). Earlier
+   stems win over later ones, then the order the roles are listed in.
+2. A step no role matches falls back: research to the first role, write to the
+   summarize role or else the research role, summarize and outline to the
+   write role.
+3. Each role left over gets a step of its own between summarize and write --
+   "<description> for the brief about <topic>: read findings.json, save your
+   result to <role>.md" -- which the write step then depends on and reads.
+
+So any set of roles yields a plan that uses only those roles, and all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ from microhive.errors import InvalidInput
 __all__ = ["make_plan", "split_goal"]
 
 MAX_RESEARCH = 5
+MAX_TASKS = 64  # what the orchestrator accepts (microhive.orchestrator.plan)
 
 _FILE = re.compile(r"[\w./-]+\.(?:pdf|md|txt|json|csv|html?)\b", re.IGNORECASE)
 _ABOUT = re.compile(
@@ -78,6 +95,11 @@ def split_goal(goal: str) -> tuple[str, list[str]]:
     return main, aspects[:MAX_RESEARCH]
 
 
+def _listing(items: list[str]) -> str:
+    """``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _slug(text: str, taken: set[str]) -> str:
     base = "-".join(re.findall(r"[a-z0-9]+", text.lower()))[:32].strip("-") or "topic"
     slug, n = base, 1
@@ -88,21 +110,47 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
-def _pick(roles: Mapping[str, str], stems: tuple[str, ...], *fallbacks: str | None) -> str:
-    """The first role whose name contains a stem; else its description; else a fall-back."""
-    workers = [r for r in roles if r != "planner"] or list(roles)
-    for stem in stems:
+# The standard steps and their stems (see the module docstring), in the order the
+# steps are matched. A stem is a regular expression: "find" but not "findings".
+_STEPS: dict[str, tuple[str, ...]] = {
+    "research": ("research", "search", "gather", r"find(?!ings?\b)"),
+    "summarize": ("summar", "condens", "merg", "digest"),
+    "write": ("writ", "draft", "author", "report"),
+    "outline": ("outlin", "plan", "structur"),
+}
+_BY_NAME = {step: [re.compile(stem) for stem in stems] for step, stems in _STEPS.items()}
+_BY_WORD = {step: [re.compile(rf"\b{stem}") for stem in stems] for step, stems in _STEPS.items()}
+
+
+def _match(roles: Mapping[str, str], workers: list[str], step: str) -> str | None:
+    """The role for a standard step: by name, else by a word of its description."""
+    for stem in _BY_NAME[step]:
         for name in workers:
-            if stem in name:
+            if stem.search(name.lower()):
                 return name
-    for stem in stems:
+    for stem in _BY_WORD[step]:
         for name in workers:
-            if stem in roles[name].lower():
+            if stem.search(roles[name].lower()):
                 return name
-    for fallback in fallbacks:
-        if fallback:
-            return fallback
-    return workers[0]
+    return None
+
+
+def _own_step(role: str, description: str, main: str, slug: str) -> dict[str, Any]:
+    """The step of a role no standard step took: its description, on the findings."""
+    what = " ".join(description.split()).strip(" .;:")
+    if not what or what.lower() == role.lower():
+        what = f"do the work of the {role}"
+    save_to = f"{slug}.md"
+    return {
+        "id": slug,
+        "role": role,
+        "instruction": (
+            f"{what[0].upper()}{what[1:]} for the brief about {main}: read findings.json, "
+            f"save your result to {save_to}."
+        ),
+        "inputs": {"topic": main, "read": ["findings.json"], "save_to": save_to},
+        "depends_on": ["summarize"],
+    }
 
 
 def make_plan(goal: str, roles: Mapping[str, str]) -> dict[str, Any]:
@@ -118,12 +166,13 @@ def make_plan(goal: str, roles: Mapping[str, str]) -> dict[str, Any]:
         queries = [main] * len(aspects)
     else:
         queries = [f"{main} {a}" for a in aspects]
-    research = _pick(roles, ("research", "search", "gather"))
-    summarize = _pick(roles, ("summar", "condens", "digest"), None)
-    write = _pick(roles, ("writ", "author", "draft", "report"), summarize, research)
-    if not any(s in summarize for s in ("summar", "condens", "digest")):
-        summarize = write
-    outline = _pick(roles, ("outlin",), write)
+    workers = [r for r in roles if r != "planner"] or list(roles)
+    research = _match(roles, workers, "research") or workers[0]
+    summarize = _match(roles, workers, "summarize")
+    write = _match(roles, workers, "write") or summarize or research
+    summarize = summarize or write
+    outline = _match(roles, workers, "outline") or write
+    assigned = {research, summarize, write, outline}
     taken: set[str] = {"outline", "summarize", "write"}
     tasks: list[dict[str, Any]] = [
         {
@@ -179,21 +228,29 @@ def make_plan(goal: str, roles: Mapping[str, str]) -> dict[str, Any]:
             "depends_on": research_ids,
         }
     )
+    # Every other role gets its own step, within the plan's size limit.
+    room = MAX_TASKS - len(tasks) - 1
+    own = [
+        _own_step(role, roles[role], main, _slug(role, taken))
+        for role in [r for r in workers if r not in assigned][: max(room, 0)]
+    ]
+    tasks.extend(own)
+    reads = ["findings.json", "outline.md", *(t["inputs"]["save_to"] for t in own)]
     tasks.append(
         {
             "id": "write",
             "role": write,
             "instruction": (
-                f"Write the brief about {main}: read findings.json and outline.md and write a "
+                f"Write the brief about {main}: read {_listing(reads)} and write a "
                 "Markdown report with headings, citing the source files, to report.md."
             ),
             "inputs": {
                 "topic": main,
                 "sections": aspects,
-                "read": ["findings.json", "outline.md"],
+                "read": reads,
                 "save_to": "report.md",
             },
-            "depends_on": ["outline", "summarize"],
+            "depends_on": ["outline", "summarize", *(t["id"] for t in own)],
         }
     )
     return {"goal": goal.strip(), "offline": True, "tasks": tasks}
