@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from microhive.service import EXIT_CONFIG
+
 from .conftest import ServiceProcess, launch, wait_until, write_mesh
 
 
@@ -108,17 +110,17 @@ def test_port_in_use_is_a_clear_error_with_exit_code_3(tmp_path: Path) -> None:
     assert "Traceback" not in text
 
 
-def test_bad_app_path_and_unknown_service_exit_2_with_the_field(tmp_path: Path) -> None:
+def test_bad_app_path_and_unknown_service_exit_78_with_the_field(tmp_path: Path) -> None:
     mesh = write_mesh(tmp_path, {"broken": {"kind": "app", "app": "no_such_module_here:create"}})
     proc = launch(mesh, "broken")
-    assert proc.popen.wait(timeout=30) == 2
+    assert proc.popen.wait(timeout=30) == EXIT_CONFIG == 78  # EX_CONFIG: not worth a restart
     text = proc.log_text()
     assert "microhive.yaml: services.broken.app" in text
     assert "no_such_module_here" in text
     assert "Traceback" not in text
 
     other = launch(mesh, "nosuch")
-    assert other.popen.wait(timeout=30) == 2
+    assert other.popen.wait(timeout=30) == EXIT_CONFIG
     assert "no service named 'nosuch'" in other.log_text()
     assert "broken" in other.log_text()
 
@@ -138,5 +140,5 @@ def test_failing_startup_hook_exits_1_with_its_reason(tmp_path: Path) -> None:
 def test_missing_token_variable_refuses_to_start(tmp_path: Path) -> None:
     mesh = write_mesh(tmp_path, {"sample": {"kind": "app", "app": "sample_app:create"}}, token=True)
     proc = launch(mesh, "sample", env={"MICROHIVE_TEST_SERVICE_TOKEN": ""})
-    assert proc.popen.wait(timeout=30) == 2
+    assert proc.popen.wait(timeout=30) == EXIT_CONFIG
     assert "security.token_env" in proc.log_text()

@@ -5,10 +5,13 @@ Usage: python tiny_service.py PORT [--fail] [--ignore-term]
   --ignore-term   ignore SIGTERM (so the supervisor has to SIGKILL it)
   --never-ready   answer /readyz with 503 forever
   --exit-after S  serve for S seconds, then exit with code 4 (a process that keeps dying)
+  --config-error-after S  serve for S seconds, then log a JSON error record and exit
+                  with 78, as ``microhive serve`` does on a configuration error
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -34,6 +37,12 @@ class Handler(BaseHTTPRequestHandler):
         print(f"request {format % args}", flush=True)
 
 
+def _config_error() -> None:
+    record = {"level": "error", "logger": "tiny", "msg": "the variable FROB_KEY is not set"}
+    print(json.dumps(record), flush=True)
+    os._exit(78)
+
+
 def main() -> int:
     port = int(sys.argv[1])
     if "--fail" in sys.argv:
@@ -49,6 +58,10 @@ def main() -> int:
     if "--exit-after" in sys.argv:
         seconds = float(sys.argv[sys.argv.index("--exit-after") + 1])
         signal.signal(signal.SIGALRM, lambda *_: os._exit(4))
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    if "--config-error-after" in sys.argv:
+        seconds = float(sys.argv[sys.argv.index("--config-error-after") + 1])
+        signal.signal(signal.SIGALRM, lambda *_: _config_error())
         signal.setitimer(signal.ITIMER_REAL, seconds)
     service = os.environ.get("MICROHIVE_SERVICE")
     print(f"listening on {port} as {service} pid {os.getpid()}", flush=True)

@@ -16,6 +16,7 @@ from microhive.errors import HopLimitExceeded
 from microhive.tracing import (
     TracingSettings,
     agent_span,
+    background,
     process_span,
     publish_span,
     setup_tracing,
@@ -141,3 +142,89 @@ def test_default_store_without_a_mesh_file(project_dir: Path) -> None:
     code, out, err = _invoke("--last")
     assert code == 0, err
     assert "execute_tool calc.add" in out and "solo" in out
+
+
+def _populate_background(base: Path, polls: int = 3) -> list[str]:
+    """A gateway's polls of its tool services, as background traces. Returns their ids."""
+    mesh = MeshConfig.model_validate(
+        {"name": "demo", "stores": {"traces": "sqlite:///state/traces.db"}}
+    )
+    ids = []
+    with setup_tracing("gateway", 0, mesh, base_dir=base) as handle:
+        for _ in range(polls):
+            with background(), tool_span("tools/list", provider=handle.provider) as poll:
+                ids.append(poll.trace_id)
+    return ids
+
+
+def test_the_list_hides_background_traces_unless_all(mesh_dir: Path) -> None:
+    first, second = _populate(mesh_dir)
+    polls = _populate_background(mesh_dir)  # the newest traces of the store
+
+    code, out, err = _invoke()
+    assert code == 0, err
+    assert "planner" in out and "tools/list" not in out
+    assert "background traces hidden (--all shows them)" in out
+    code, out, _ = _invoke("--all")
+    assert code == 0
+    assert "gateway: execute_tool tools/list (background)" in out
+
+    code, out, _ = _invoke("--json")
+    listed = json.loads(out)
+    assert [(t["trace_id"], t["background"]) for t in listed] == [(second, False), (first, False)]
+    code, out, _ = _invoke("--json", "--all", "-n", "4")
+    listed = json.loads(out)
+    assert {t["trace_id"] for t in listed} == {*polls, second}
+    assert {t["trace_id"]: t["background"] for t in listed}[polls[0]] is True
+    code, out, _ = _invoke("--json", "-n", "1")
+    assert [t["trace_id"] for t in json.loads(out)] == [second]  # -n counts shown traces
+
+
+def test_last_skips_background_traces_unless_all(mesh_dir: Path) -> None:
+    _, second = _populate(mesh_dir)
+    polls = _populate_background(mesh_dir)
+    code, out, err = _invoke("--last", "--json")
+    assert code == 0, err
+    assert json.loads(out)["trace_id"] == second
+    code, out, _ = _invoke("--last", "--all", "--json")
+    assert json.loads(out)["trace_id"] in polls
+    code, out, _ = _invoke(polls[0][:12])  # named by id: always shown
+    assert code == 0 and "execute_tool tools/list" in out
+
+
+def test_only_background_traces_is_an_empty_list_that_says_why(mesh_dir: Path) -> None:
+    _populate_background(mesh_dir, polls=1)
+    code, out, _ = _invoke()
+    assert code == 0
+    assert "no traces in" in out and "--all shows them" in out
+    code, _, err = _invoke("--last")
+    assert code == 2 and "other than background ones" in err
+
+
+def test_the_waterfall_shows_why_a_plan_was_refused_and_what_was_retried(
+    mesh_dir: Path,
+) -> None:
+    mesh = MeshConfig.model_validate(
+        {"name": "demo", "stores": {"traces": "sqlite:///state/traces.db"}}
+    )
+    with setup_tracing("orchestrator", 0, mesh, base_dir=mesh_dir) as handle:
+        p = handle.provider
+        with agent_span("planner", run_id="run-9", provider=p) as plan:
+            plan.span.add_event(
+                "plan_refused", {"microhive.reason": "task 'write' depends on unknown 'draft'"}
+            )
+            plan.span.add_event(
+                "model_retry",
+                {"microhive.attempt": 2, "microhive.reason": "rate limited (429)"},
+            )
+            plan.span.add_event("output_missing", {"microhive.reason": "report.md was not saved"})
+            plan.span.add_event("chunk", {"microhive.reason": "not for people"})
+    code, out, err = _invoke("run-9")
+    assert code == 0, err
+    lines = out.splitlines()
+    shown = [line.strip() for line in lines if "! " in line]
+    assert [line.split("  +")[0].strip() for line in shown] == [
+        "! plan_refused: task 'write' depends on unknown 'draft'",
+        "! model_retry: attempt 2: rate limited (429)",
+        "! output_missing: report.md was not saved",
+    ]

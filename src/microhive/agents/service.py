@@ -8,9 +8,15 @@ Settings (``services.<name>.settings``):
                   mesh's ``gateway`` service if there is one, else no tools)
 ``ack_wait``      seconds before an unacknowledged sub-task goes to another
                   replica; the worker heartbeats well before it (default 30)
+``workspace``     the name of the workspace service that declared outputs are
+                  checked in (default: the mesh's ``workspace`` service, else the
+                  first of kind ``workspace``; a sub-task that declares outputs
+                  fails on a worker without one)
 
-The role's model (``roles.<role>.model``) can be replaced per run by the run's
-``options.models``; its tools are the gateway's tools the role is allowed.
+The role's model (``roles.<role>.model``) is opened when the replica starts, so
+a missing API key or SDK fails the start with one line (exit code 78, not
+retried by the supervisor); a run's ``options.models`` can replace it per run.
+Its tools are the gateway's tools the role is allowed.
 
 ``/metrics`` adds model- and tool-call latency histograms (by outcome) and
 ``microhive_worker_tasks_in_flight``, the sub-tasks this replica is working on, and
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from microhive.agents.loop import Toolbox
+from microhive.agents.outputs import WorkspaceOutputs
 from microhive.agents.worker import Worker
 from microhive.bus import bus_from_spec, register_bus_metrics
 from microhive.config import MeshConfig
@@ -30,7 +37,7 @@ from microhive.errors import ConfigError
 from microhive.models import open_model
 from microhive.models.base import ModelProvider
 from microhive.orchestrator.messages import TaskMessage
-from microhive.service import Service, ServiceContext, service_url
+from microhive.service import Service, ServiceContext, mesh_token, service_url
 from microhive.tracing import register_call_metrics
 
 __all__ = ["create_service", "gateway_url"]
@@ -54,6 +61,9 @@ def create_service(ctx: ServiceContext) -> Service:
     concurrency = int(settings.pop("concurrency", 4))
     ack_wait = float(settings.pop("ack_wait", 30.0))
     gateway = settings.pop("gateway", "gateway" if "gateway" in mesh.services else None)
+    workspace = settings.pop("workspace", _default_workspace(mesh))
+    if workspace is not None and workspace not in mesh.services:
+        raise ConfigError(f"workspace: no service named {workspace!r}", field=where)
     if settings:
         raise ConfigError(f"unknown keys {', '.join(sorted(settings))}", field=where)
     role_spec = mesh.roles[role]
@@ -69,7 +79,7 @@ def create_service(ctx: ServiceContext) -> Service:
         if chosen not in mesh.models:
             raise ConfigError(f"run asks for model {chosen!r}, which the mesh does not define")
         if chosen not in models:
-            model = open_model(mesh.models[chosen])
+            model = open_model(mesh.models[chosen], mesh=mesh, state_dir=ctx.state_dir)
             model.call_metrics = calls
             models[chosen] = model
         return models[chosen]
@@ -86,6 +96,9 @@ def create_service(ctx: ServiceContext) -> Service:
 
     @service.on_startup
     async def start() -> None:
+        # The role's model first: a missing key or SDK fails this replica's start
+        # (one line, and the supervisor does not retry it), not its first sub-task.
+        model_for(None)
         bus = bus_from_spec(mesh.bus)
         await bus.start()
         state["bus"] = bus
@@ -95,6 +108,9 @@ def create_service(ctx: ServiceContext) -> Service:
             toolbox = GatewayToolbox(url, token=token)
             await toolbox.start()
             state["toolbox"] = toolbox
+        if workspace is not None:
+            base = service_url(mesh, kind="workspace", name=workspace, state_dir=ctx.state_dir)
+            state["outputs"] = WorkspaceOutputs(base, token=mesh_token(mesh))
         worker = Worker(
             bus=bus,
             role=role,
@@ -105,6 +121,7 @@ def create_service(ctx: ServiceContext) -> Service:
             concurrency=concurrency,
             ack_wait=ack_wait,
             metrics=calls,
+            check_outputs=state.get("outputs"),
         )
         await worker.start()
         state["worker"] = worker
@@ -115,6 +132,8 @@ def create_service(ctx: ServiceContext) -> Service:
             await state["worker"].aclose()
         if "toolbox" in state:
             await state["toolbox"].aclose()
+        if "outputs" in state:
+            await state["outputs"].aclose()
         for model in models.values():
             await model.aclose()
         if "bus" in state:
@@ -125,6 +144,11 @@ def create_service(ctx: ServiceContext) -> Service:
 
     service.add_ready_check("bus", bus_ready)
     return service
+
+
+def _default_workspace(mesh: MeshConfig) -> str | None:
+    spaces = [n for n, s in mesh.services.items() if s.kind == "workspace"]
+    return "workspace" if "workspace" in spaces else (spaces[0] if spaces else None)
 
 
 def _role_token(env_name: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console, Group
@@ -10,7 +11,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["failures", "progress_table", "status_table", "uptime"]
+from microhive.supervisor import config_failure
+
+__all__ = ["failures", "log_line", "progress_table", "status_table", "uptime"]
 
 _STYLE = {
     "ready": "green",
@@ -75,8 +78,41 @@ def status_table(services: list[dict[str, Any]]) -> Table:
     return table
 
 
+_LEVEL_STYLE = {"error": "red", "critical": "bold red", "warning": "yellow", "debug": "dim"}
+
+
+def log_line(line: str) -> Text:
+    """A service's log line for people: a JSON record as ``time level logger: message``.
+
+    The service runtime logs JSON (one record per line); shown raw, a message is
+    buried in escaping, and a traceback is one long line of ``\\n``. Any other
+    line is shown as it is.
+    """
+    record: Any = None
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+    if not isinstance(record, dict) or not isinstance(record.get("msg"), str):
+        return Text(line)
+    level = str(record.get("level") or "")
+    stamp = str(record.get("ts") or "")[11:23]  # the time of day: the date is in the log
+    text = Text(f"{stamp} ", style="dim")
+    text.append(f"{level:<7} ", style=_LEVEL_STYLE.get(level, ""))
+    text.append(f"{record.get('logger') or '-'}: ", style="dim")
+    text.append(record["msg"])
+    if isinstance(record.get("exc"), str):
+        text.append("\n" + record["exc"].rstrip("\n"), style="red")
+    return text
+
+
 def failures(console: Console, replicas: list[dict[str, Any]]) -> None:
-    """For each failed or blocked replica: why, and its last log lines."""
+    """For each failed or blocked replica: why, and its last log lines.
+
+    A configuration error (exit code 78) is one line -- its reason is the
+    service's own message, and the log before it is just the start-up.
+    """
     for r in replicas:
         if r.get("state") not in ("failed", "blocked"):
             continue
@@ -84,8 +120,16 @@ def failures(console: Console, replicas: list[dict[str, Any]]) -> None:
         if r.get("state") == "blocked":
             console.print(Text(title, style="red"))
             continue
+        if config_failure(r.get("exit_code"), str(r.get("kind") or "")):
+            console.print(Text(title, style="bold red"), soft_wrap=True)
+            console.print(Text(f"  log: {r.get('log')}", style="dim"), soft_wrap=True)
+            continue
         lines = r.get("last_log") or []
-        body: Any = Text("\n".join(lines)) if lines else Text("(no log output)", style="dim")
+        body: Any = (
+            Text("\n").join(log_line(line) for line in lines)
+            if lines
+            else Text("(no log output)", style="dim")
+        )
         footer = Text(f"log: {r.get('log')}", style="dim")
         console.print(
             Panel(

@@ -408,7 +408,8 @@ def serve(
 ) -> None:
     """Run one service in the foreground (what the supervisor and a container run).
 
-    Exits 3 when the port is already in use.
+    Exits 3 when the port is already in use, and 78 when the service is
+    misconfigured (e.g. a model's API key is not set; the last log line says why).
     """
     mesh, path = load_mesh(file)  # a bad file or name is a clear exit 2 before anything runs
     with handle_errors():

@@ -2,8 +2,10 @@
 
 ``microhive trace RUN_OR_TRACE_ID`` draws the waterfall of one trace (found by
 run id, or by a trace id or a prefix of at least 4 hex digits), ``--last`` the
-most recent one, and with no argument the recent traces are listed. ``--json``
-prints the spans instead. The store is the mesh file's ``stores.traces``
+most recent one, and with no argument the recent traces are listed. The list
+and ``--last`` leave out background traces (a gateway's polling of its tool
+services, health checks) unless ``--all`` is given. ``--json`` prints the spans
+instead. The store is the mesh file's ``stores.traces``
 (relative to the mesh file's folder); with no mesh file, the default
 ``.microhive/traces.db`` under the working directory.
 """
@@ -71,21 +73,35 @@ def trace(
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, help="How many traces to list.")
     ] = 20,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            "-a",
+            help="Include background traces (polling, health checks) in the list and --last.",
+        ),
+    ] = False,
 ) -> None:
-    """Show a trace as a waterfall: service, span, start, duration, status, hops."""
+    """Show a trace as a waterfall: service, span, start, duration, status, hops.
+
+    With no argument, list the recent traces. Background traces (a gateway polling
+    its tool services, health checks) are left out of the list and of --last
+    unless --all is given.
+    """
     if ref is not None and last:
         fail("give either RUN_OR_TRACE_ID or --last, not both", EXIT_USAGE)
     with handle_errors(), _store(file, store_url) as store:
         if ref is None and not last:
-            summaries = store.traces(limit=limit)
+            summaries = store.traces(limit=limit, background=show_all)
             if as_json:
                 print_json([s.to_dict() for s in summaries])
             elif not summaries:
-                out.print(f"no traces in {store.path} yet")
+                hidden = "" if show_all else " (background traces are hidden; --all shows them)"
+                out.print(f"no traces in {store.path} yet{hidden}")
             else:
-                out.print(render_trace_list(summaries))
+                out.print(render_trace_list(summaries, background_hidden=not show_all))
             return
-        trace_id = store.last() if last else store.find(ref or "")
+        trace_id = store.last(background=show_all) if last else store.find(ref or "")
         summary = store.summary(trace_id)
         spans = store.spans(trace_id)
         if as_json:

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message
 
-from microhive.errors import UsageError
+from microhive.errors import MicrohiveError, UsageError
 from microhive.service._context import ServiceContext
 from microhive.service._errors import json_error
 from microhive.service._metrics import ServiceMetrics
@@ -48,6 +48,7 @@ ReadyCheck = Callable[[], Awaitable[object]]
 Hook = Callable[[], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_log = logging.getLogger("microhive.service")
 Phase = Literal["new", "starting", "running", "stopping"]
 
 
@@ -102,6 +103,8 @@ class Service:
         self._app: Starlette | None = None
         self._phase: Phase = "new"
         self._born = time.monotonic()
+        #: Why the last start-up failed (set by :meth:`running`), else ``None``.
+        self.startup_error: BaseException | None = None
 
     @classmethod
     def wrap(cls, app: ASGIApp, ctx: ServiceContext | None = None, **kwargs: Any) -> Service:
@@ -208,16 +211,30 @@ class Service:
 
         Yields the lifespan state the mounted apps set (Starlette puts it on
         ``request.state``). Used as the ASGI lifespan; also usable directly to run
-        the service in-process.
+        the service in-process. If starting fails, the error is kept in
+        :attr:`startup_error` and re-raised; a :class:`MicrohiveError` (an expected
+        failure such as a missing API key) is also logged as one line, its message,
+        without a traceback.
         """
         self._phase = "starting"
+        self.startup_error = None
         state: dict[str, Any] = {}
         try:
             async with contextlib.AsyncExitStack() as stack:
-                for app in self._lifespan_apps:
-                    state.update(await stack.enter_async_context(_app_lifespan(app)))
-                for hook in self._startup:
-                    await hook()
+                try:
+                    for app in self._lifespan_apps:
+                        state.update(await stack.enter_async_context(_app_lifespan(app)))
+                    for hook in self._startup:
+                        await hook()
+                except MicrohiveError as exc:
+                    # Expected (a missing key, a bad setting): one line saying what to
+                    # fix, not a traceback. Anything else is the server's to log.
+                    self.startup_error = exc
+                    _log.error("%s", exc.message, extra={"error": exc.code})
+                    raise
+                except BaseException as exc:
+                    self.startup_error = exc
+                    raise
                 self._phase = "running"
                 try:
                     yield state

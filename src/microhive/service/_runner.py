@@ -2,9 +2,13 @@
 
 :func:`serve_service` is what ``microhive serve NAME`` and the supervisor's
 child processes run. It never lets a traceback be the error message: a bad mesh
-file, an unknown service or a bad ``app:`` path is one clear log line and exit
-code 2; a port already in use is exit code 3; a factory or start-up hook that
-fails is exit code 1.
+file, an unknown service, a bad ``app:`` path, or any other
+:class:`~microhive.errors.UsageError` raised by the factory or a start-up hook
+(a model's missing API key, a missing optional dependency, a bad setting) is one
+clear log line and exit code 78 (``EX_CONFIG``), which the supervisor does not
+retry; a port already in use is exit code 3; any other failure of the factory or
+a start-up hook is exit code 1 (a :class:`~microhive.errors.MicrohiveError` as
+one line, anything unexpected with its traceback).
 
 Shut-down on SIGTERM or SIGINT, in order: ``/readyz`` answers 503 at once; the
 listening socket closes (new connections are refused); in-flight requests get up
@@ -33,7 +37,7 @@ from typing import Any
 import uvicorn
 
 from microhive.config import SERVICE_KINDS, ServiceSpec, load_config
-from microhive.errors import ConfigError, MicrohiveError
+from microhive.errors import ConfigError, MicrohiveError, UsageError
 from microhive.service._app import Service
 from microhive.service._context import DEFAULT_HOST, ServiceContext
 from microhive.service._logging import configure_logging
@@ -55,8 +59,9 @@ __all__ = [
 EXIT_OK = 0
 #: The factory, a start-up hook or the server failed.
 EXIT_FAILURE = 1
-#: The mesh file, the service name or its ``app:`` path is wrong.
-EXIT_CONFIG = 2
+#: A configuration error (sysexits' ``EX_CONFIG``): the mesh file, the service name,
+#: its ``app:`` path or settings, a model's API key or SDK. Restarting cannot help.
+EXIT_CONFIG = 78
 #: The address could not be bound (most often: the port is in use).
 EXIT_PORT_IN_USE = 3
 
@@ -165,19 +170,19 @@ def serve_service(
             sys.path.insert(0, folder)
         factory = resolve_factory(ctx.spec, name, file)
     except MicrohiveError as exc:
-        log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
+        _start_failed(exc)
         return EXIT_CONFIG
     try:
         tracing = _start_tracing(ctx)
     except MicrohiveError as exc:
-        log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
+        _start_failed(exc)
         return EXIT_CONFIG
     try:
         try:
             service = build_service(factory, ctx)
-        except ConfigError as exc:
-            log.error("cannot start service %r: %s", name, exc.message, extra={"error": exc.code})
-            return EXIT_CONFIG
+        except MicrohiveError as exc:
+            _start_failed(exc)
+            return EXIT_CONFIG if isinstance(exc, UsageError) else EXIT_FAILURE
         except Exception:
             log.exception("the factory of service %r failed", name)
             return EXIT_FAILURE
@@ -191,6 +196,11 @@ def serve_service(
     finally:
         # Flushes what is still queued, so the last requests' spans reach the store.
         tracing.close()
+
+
+def _start_failed(exc: MicrohiveError) -> None:
+    """The one log line of an expected start-up failure: the error's own message."""
+    log.error("%s", exc.message, extra={"error": exc.code})
 
 
 def _start_tracing(ctx: ServiceContext) -> TracingHandle:
@@ -251,13 +261,20 @@ def run_app(
     )
     server = _Server(config, service, port_file=Path(port_file) if port_file else None)
     server.on_ready = on_ready
+    quiet = _ReportedStartupFailure(service)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(quiet)
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
             runner.run(server.serve(sockets=[sock]))
     except SystemExit as exc:  # uvicorn exits this way when the lifespan start-up fails
+        failure = service.startup_error
+        if isinstance(failure, MicrohiveError):  # Service.running() logged it: one line
+            return EXIT_CONFIG if isinstance(failure, UsageError) else EXIT_FAILURE
         log.error("service %r failed to start (see above)", service.name)
         return EXIT_FAILURE if exc.code not in (0, None) else EXIT_OK
     finally:
+        uvicorn_log.removeFilter(quiet)
         sock.close()
         server.remove_port_file()
     log.info("service %r stopped", service.name)
@@ -284,6 +301,25 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, older, oldest)
+
+
+class _ReportedStartupFailure(logging.Filter):
+    """Drops uvicorn's error lines about a start-up failure the service already logged.
+
+    For an expected error (a :class:`MicrohiveError`) :meth:`Service.running` has
+    logged one line saying what to fix; uvicorn would add the traceback Starlette
+    formatted, as one JSON-escaped string, and a generic "startup failed" line.
+    """
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno >= logging.ERROR
+            and isinstance(self.service.startup_error, MicrohiveError)
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:

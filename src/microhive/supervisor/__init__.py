@@ -29,6 +29,7 @@ from microhive.supervisor.core import (
     Replica,
     RestartPolicy,
     Supervisor,
+    config_failure,
 )
 from microhive.supervisor.paths import STATE_DIR, ProjectPaths
 
@@ -48,6 +49,7 @@ __all__ = [
     "StopReport",
     "Supervisor",
     "busy_ports",
+    "config_failure",
     "has_exited",
     "live_status",
     "mesh_pids",

@@ -8,6 +8,9 @@ and needs no event loop::
        |                       |  died / not ready in time      | died
        v                       v  (never ready yet: no retry)    v
     blocked                  failed  <--crash loop--  restarting (backoff)
+                               ^                                 |
+                               `------ configuration error ------'
+                                       (exit code 78: no retry)
 
 Every child runs in its own session (so its process group can be signalled as a
 whole) and, on Linux, gets SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``),
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -59,6 +63,7 @@ __all__ = [
     "Replica",
     "RestartPolicy",
     "Supervisor",
+    "config_failure",
     "probe_host",
 ]
 
@@ -67,6 +72,12 @@ FAILED, BLOCKED, STOPPING, STOPPED = "failed", "blocked", "stopping", "stopped"
 
 #: ``microhive serve`` exits with this code when its port is taken.
 EXIT_PORT_IN_USE = 3
+#: ``EX_CONFIG`` (sysexits.h): ``microhive serve`` exits with it on a configuration error
+#: (a bad setting, a model's missing API key or SDK), and so may a ``kind: command``
+#: service. Restarting cannot help, so the replica is failed at once, with its reason.
+EXIT_CONFIG = 78
+#: ``microhive serve`` exits with this when its command line or mesh file is wrong.
+EXIT_USAGE = 2
 #: How many log lines a failed replica carries in state.json.
 LOG_LINES = 20
 #: A replica's log is rotated (one ``.1`` kept) when it starts and is larger than this.
@@ -75,6 +86,29 @@ LOG_MAX_BYTES = 20 * 1024 * 1024
 ALIVE_GRACE = 0.5
 
 log = logging.getLogger("microhive.supervisor")
+
+
+def config_failure(exit_code: int | None, kind: str) -> bool:
+    """Whether a replica's exit code says it is misconfigured (never worth a restart)."""
+    if exit_code == EXIT_CONFIG:
+        return True
+    return exit_code == EXIT_USAGE and kind != "command"
+
+
+def _error_line(lines: list[str]) -> str | None:
+    """The message of the last error record among a replica's JSON log lines."""
+    for line in reversed(lines):
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+            message = record.get("msg")
+            if isinstance(message, str) and message.strip():
+                return message.strip()
+    return None
 
 
 def probe_host(host: str) -> str:
@@ -430,6 +464,13 @@ class Supervisor:
         r.proc = None
         r.pid = r.pid_start = None
         r.exit_code = code
+        if config_failure(code, r.spec.kind):
+            # What to fix is the service's last error line; retrying cannot fix it.
+            said = _error_line(tail(r.log_path, LOG_LINES))
+            reason = said or f"configuration error (exit code {code})"
+            log.warning("%s-%d exited with code %d: %s", r.service, r.index, code, reason)
+            self._on_failure(r, reason, final=True)
+            return
         if code == EXIT_PORT_IN_USE and r.spec.kind != "command":
             reason = f"port {r.port} on {r.host} is in use"
         elif code < 0:

@@ -19,18 +19,30 @@ Code that does work wraps it in a span helper::
     with process_span("nats", msg.subject, msg.headers, delivery_attempt=n):
         ...
 
+Pollers and other housekeeping run inside :func:`background`, which marks the
+traces they start (``microhive.background``) so trace lists can hide them.
+
 Every process writes to one SQLite file (``stores.traces``); :class:`TraceStore`
 reads it back and ``microhive trace`` draws the waterfall. Logs get the ids via
 :class:`TraceContextFilter`; ``/metrics`` gets call latencies via
 :func:`register_call_metrics`.
 """
 
+from microhive.tracing._background import (
+    BACKGROUND_ATTRIBUTE,
+    BackgroundMarker,
+    background,
+    in_background,
+)
 from microhive.tracing._events import (
     EVENT_BREAKER_OPENED,
     EVENT_BUDGET_EXHAUSTED,
     EVENT_CANCELLED,
     EVENT_DEADLINE_EXCEEDED,
     EVENT_LOOP_STOPPED,
+    EVENT_MODEL_RETRY,
+    EVENT_OUTPUT_MISSING,
+    EVENT_PLAN_REFUSED,
     breaker_opened,
     context_attributes,
     current_ids,
@@ -73,6 +85,7 @@ from microhive.tracing._store import StoredSpan, TraceStore, TraceSummary
 from microhive.tracing._view import render_trace_list, render_waterfall
 
 __all__ = [
+    "BACKGROUND_ATTRIBUTE",
     "BREAKER_STATES",
     "DEFAULT_STORE_URL",
     "EVENT_BREAKER_OPENED",
@@ -80,7 +93,11 @@ __all__ = [
     "EVENT_CANCELLED",
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_LOOP_STOPPED",
+    "EVENT_MODEL_RETRY",
+    "EVENT_OUTPUT_MISSING",
+    "EVENT_PLAN_REFUSED",
     "RUN_ID_ATTRIBUTE",
+    "BackgroundMarker",
     "CallMetrics",
     "ClockFirstIdGenerator",
     "MeshTracerProvider",
@@ -93,6 +110,7 @@ __all__ = [
     "TracingHandle",
     "TracingSettings",
     "agent_span",
+    "background",
     "breaker_opened",
     "chat_span",
     "client_span",
@@ -100,6 +118,7 @@ __all__ = [
     "creation_context",
     "current_ids",
     "deadline_exceeded",
+    "in_background",
     "install_log_filter",
     "loop_stopped",
     "mcp_client_span",

@@ -32,6 +32,9 @@ __all__ = [
     "EVENT_CANCELLED",
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_LOOP_STOPPED",
+    "EVENT_MODEL_RETRY",
+    "EVENT_OUTPUT_MISSING",
+    "EVENT_PLAN_REFUSED",
     "breaker_opened",
     "context_attributes",
     "current_ids",
@@ -56,6 +59,14 @@ EVENT_DEADLINE_EXCEEDED = "deadline_exceeded"
 EVENT_BUDGET_EXHAUSTED = "budget_exhausted"
 EVENT_BREAKER_OPENED = "breaker_opened"
 EVENT_CANCELLED = "cancelled"
+
+#: Span events on the way that a user needs to see (work went on), each with
+#: ``microhive.reason``: the planner's plan was refused and it is asked again; a
+#: model call is retried (also ``microhive.attempt``); a sub-task ended without an
+#: output it declared.
+EVENT_PLAN_REFUSED = "plan_refused"
+EVENT_MODEL_RETRY = "model_retry"
+EVENT_OUTPUT_MISSING = "output_missing"
 
 _STOP_EVENTS: tuple[tuple[type[MicrohiveError], str], ...] = (
     (HopLimitExceeded, EVENT_LOOP_STOPPED),

@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, T
 
 from microhive.config.model import MeshConfig, TracingSpec
 from microhive.errors import MissingDependency
+from microhive.tracing._background import BackgroundMarker
 from microhive.tracing._ids import ClockFirstIdGenerator
 from microhive.tracing._sqlite import DEFAULT_STORE_URL, SqliteSpanExporter, store_path
 
@@ -216,7 +217,9 @@ def setup_tracing(
     # reaches logs and onward calls, marked unsampled so a disabled mesh builds no
     # spans anywhere. A call that arrives sampled (a traced caller) is still
     # followed, so the services after this one keep their part of that trace.
-    sampler: Sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    # The root sampler also marks traces started inside ``background()`` (pollers),
+    # so trace lists can hide them; it runs only when a trace starts.
+    sampler: Sampler = ParentBased(BackgroundMarker(TraceIdRatioBased(settings.sample_ratio)))
     if not settings.enabled and not processors:
         sampler = ParentBased(ALWAYS_OFF)
     provider = MeshTracerProvider(

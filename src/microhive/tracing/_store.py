@@ -4,6 +4,11 @@
 is found by a run id (any span's ``microhive.run_id``), by a trace id or a
 prefix of at least 4 hex digits, or as the most recent one. The file format and
 the writing side live in :mod:`microhive.tracing._sqlite`.
+
+Background traces (a root span with ``microhive.background``, see
+:mod:`microhive.tracing._background`) are told apart when reading: the list and
+:meth:`TraceStore.last` can leave them out, at the cost of looking at the root
+rows of the traces they skip; writing is untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from opentelemetry.trace import StatusCode
 
 from microhive.errors import InvalidInput, NotFound
+from microhive.tracing._background import BACKGROUND_ATTRIBUTE
 from microhive.tracing._sqlite import _SPAN_FIELDS, DEFAULT_STORE_URL, connect, prune, store_path
 
 __all__ = ["StoredSpan", "TraceStore", "TraceSummary"]
@@ -87,6 +93,8 @@ class TraceSummary:
     root_name: str
     root_service: str
     service_count: int
+    #: Started by background work (polling, health checks), not by a request.
+    background: bool = False
 
     @property
     def duration_ms(self) -> float:
@@ -107,8 +115,19 @@ class TraceSummary:
             "errors": self.error_count,
             "start_ns": self.start_ns,
             "duration_ms": round(self.duration_ms, 3),
+            "background": self.background,
         }
 
+
+#: Whether a span row is a root marked as background (SQL, on the ``spans`` columns).
+_BACKGROUND_ROOT = (
+    f"(parent_id IS NULL AND json_extract(attributes, '$.\"{BACKGROUND_ATTRIBUTE}\"') IS 1)"
+)
+#: The newest trace keys whose trace has no background root.
+_NEWEST_FOREGROUND = (
+    "SELECT t.id, t.trace_id FROM traces t WHERE NOT EXISTS (SELECT 1 FROM spans "
+    f"WHERE trace = t.id AND {_BACKGROUND_ROOT}) ORDER BY t.id DESC LIMIT ?"
+)
 
 #: Latest active traces :meth:`TraceStore.last` picks the newest start from.
 _LAST_CANDIDATES = 20
@@ -155,17 +174,22 @@ class TraceStore:
 
     # -------------------------------------------------------------- queries
 
-    def traces(self, limit: int = 20) -> list[TraceSummary]:
+    def traces(self, limit: int = 20, *, background: bool = True) -> list[TraceSummary]:
         """The most recent traces, newest start first, with root span, services, errors.
 
         "Recent" is the order the store first saw them in (its trace keys), which
-        is their start order up to the exporters' half-second batching.
+        is their start order up to the exporters' half-second batching. With
+        ``background=False`` background traces are skipped (the ``limit`` counts
+        the others): a poller's traces do not push a run off the list.
         """
         if limit < 1:
             raise InvalidInput(f"limit must be at least 1, got {limit}")
-        newest = self._db().execute(
-            "SELECT id, trace_id FROM traces ORDER BY id DESC LIMIT ?", (limit,)
+        query = (
+            "SELECT id, trace_id FROM traces ORDER BY id DESC LIMIT ?"
+            if background
+            else _NEWEST_FOREGROUND
         )
+        newest = self._db().execute(query, (limit,))
         found = [s for s in (self._summary(*row) for row in newest.fetchall()) if s is not None]
         found.sort(key=lambda t: (-t.start_ns, t.trace_id))
         return found
@@ -177,9 +201,9 @@ class TraceStore:
 
     def _summary(self, key: int, trace_id: str) -> TraceSummary | None:
         db = self._db()
-        start, end, count, errors, run_id, services = db.execute(
+        start, end, count, errors, run_id, services, background = db.execute(
             "SELECT min(start_ns), max(end_ns), count(*), sum(status = ?), max(run_id), "
-            "count(DISTINCT service) FROM spans WHERE trace = ?",
+            f"count(DISTINCT service), max({_BACKGROUND_ROOT}) FROM spans WHERE trace = ?",
             (StatusCode.ERROR.name, key),
         ).fetchone()
         if not count:
@@ -201,6 +225,7 @@ class TraceStore:
             root_name=name,
             root_service=service,
             service_count=services,
+            background=bool(background),
         )
 
     def spans(self, trace_id: str) -> list[StoredSpan]:
@@ -256,11 +281,15 @@ class TraceStore:
                 )
         raise NotFound(f"no trace with run id or trace id {ref!r} in {self.path}")
 
-    def last(self) -> str:
-        """The id of the most recently started trace (among the latest active ones)."""
-        found = self.traces(limit=_LAST_CANDIDATES)
+    def last(self, *, background: bool = True) -> str:
+        """The id of the most recently started trace (among the latest active ones).
+
+        ``background=False`` skips background traces (polling, health checks).
+        """
+        found = self.traces(limit=_LAST_CANDIDATES, background=background)
         if not found:
-            raise NotFound(f"the trace store {self.path} holds no traces yet")
+            other = "" if background else " other than background ones (polling, health checks)"
+            raise NotFound(f"the trace store {self.path} holds no traces yet{other}")
         return found[0].trace_id
 
     def prune(self, *, max_spans: int | None = None, max_age_hours: float | None = None) -> int:

@@ -3,8 +3,10 @@
 The waterfall is a table in tree order (children under their parent, siblings
 by start time): service, span name, start offset, duration, a bar placed on the
 trace's time line, status and hops. Failed spans are red, and the stop events
-(``loop_stopped``, ``deadline_exceeded``, ``breaker_opened``, ...) get a row of
-their own under the span, so the reason a run stopped is on screen.
+(``loop_stopped``, ``deadline_exceeded``, ``breaker_opened``, ...) get a red row
+of their own under the span, so the reason a run stopped is on screen; so do,
+in yellow, the events a user needs to see on the way there (a refused plan, a
+model call retried, a sub-task's missing output), each with its reason.
 A span whose parent is not in the store (a caller that does not trace) is shown
 as a root.
 """
@@ -23,12 +25,16 @@ from microhive.tracing._events import (
     EVENT_CANCELLED,
     EVENT_DEADLINE_EXCEEDED,
     EVENT_LOOP_STOPPED,
+    EVENT_MODEL_RETRY,
+    EVENT_OUTPUT_MISSING,
+    EVENT_PLAN_REFUSED,
 )
 from microhive.tracing._store import StoredSpan, TraceSummary
 
 __all__ = ["format_duration", "render_trace_list", "render_waterfall", "tree_order"]
 
-_SHOWN_EVENTS = frozenset(
+#: Events that ended work: a red row each.
+_STOP_EVENTS = frozenset(
     {
         EVENT_LOOP_STOPPED,
         EVENT_DEADLINE_EXCEEDED,
@@ -38,6 +44,9 @@ _SHOWN_EVENTS = frozenset(
         "exception",
     }
 )
+#: Events on the way that a user needs to see (work went on): a yellow row each.
+_NOTICE_EVENTS = frozenset({EVENT_PLAN_REFUSED, EVENT_MODEL_RETRY, EVENT_OUTPUT_MISSING})
+_SHOWN_EVENTS = _STOP_EVENTS | _NOTICE_EVENTS
 
 
 def format_duration(ms: float) -> str:
@@ -131,9 +140,16 @@ def render_waterfall(summary: TraceSummary, spans: Sequence[StoredSpan], width: 
                 continue
             attrs = event.get("attributes", {})
             reason = attrs.get("microhive.reason") or attrs.get("exception.message") or ""
+            attempt = attrs.get("microhive.attempt")
+            if attempt is not None:
+                reason = f"attempt {attempt}: {reason}"
             offset = (event["time_ns"] - t0) / 1e6
+            notice = event["name"] in _NOTICE_EVENTS
             table.add_row(
-                Text(f"{below}  ! {event['name']}: {reason}", style="bold red"),
+                Text(
+                    f"{below}  ! {event['name']}: {reason}",
+                    style="yellow" if notice else "bold red",
+                ),
                 "",
                 f"+{format_duration(offset)}",
                 "",
@@ -146,9 +162,12 @@ def render_waterfall(summary: TraceSummary, spans: Sequence[StoredSpan], width: 
     return table
 
 
-def render_trace_list(summaries: Sequence[TraceSummary]) -> Table:
-    """Recent traces, newest first."""
-    table = Table(title="recent traces", box=None, pad_edge=False)
+def render_trace_list(
+    summaries: Sequence[TraceSummary], *, background_hidden: bool = False
+) -> Table:
+    """Recent traces, newest first; background ones (when listed) are dimmed."""
+    caption = "background traces hidden (--all shows them)" if background_hidden else None
+    table = Table(title="recent traces", caption=caption, box=None, pad_edge=False)
     for name, justify in (
         ("trace", "left"),
         ("started", "left"),
@@ -162,10 +181,11 @@ def render_trace_list(summaries: Sequence[TraceSummary]) -> Table:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for s in summaries:
         started = datetime.fromtimestamp(s.start_ns / 1e9, UTC).strftime("%m-%d %H:%M:%S")
+        root = f"{s.root_service}: {s.root_name}" + (" (background)" if s.background else "")
         table.add_row(
             s.trace_id[:16],
             started,
-            f"{s.root_service}: {s.root_name}",
+            Text(root, style="dim") if s.background else root,
             str(s.service_count),
             str(s.span_count),
             format_duration(s.duration_ms),

@@ -38,7 +38,7 @@ from microhive.errors import (
     ServiceUnavailable,
     TimeoutFailure,
 )
-from microhive.tracing import context_attributes
+from microhive.tracing import background, context_attributes
 
 from ..registry import Registry, UpstreamSpec
 from ..resilience import Guard, ResiliencePolicy
@@ -171,8 +171,9 @@ class Gateway:
             for spec in self.registry.upstreams().values():
                 await self._add_route(spec)
             # A slow upstream must not hold up start-up: what is not listed within
-            # the connect timeout is listed by the maintenance loop later.
-            with anyio.move_on_after(self.settings.connect_timeout):
+            # the connect timeout is listed by the maintenance loop later. Nobody
+            # asked for these listings: their traces are background ones.
+            with background(), anyio.move_on_after(self.settings.connect_timeout):
                 async with anyio.create_task_group() as first:
                     for ns in list(self._routes):
                         first.start_soon(self._refresh_quietly, ns)
@@ -227,7 +228,15 @@ class Gateway:
             self._wake.set()
 
     async def _maintain(self) -> None:
-        """Health checks, TTL refreshes and change-driven refreshes, forever."""
+        """Health checks, TTL refreshes and change-driven refreshes, forever.
+
+        All of it is background work: each check or listing is a trace of its own,
+        marked so that ``microhive trace`` does not list it among users' runs.
+        """
+        with background():
+            await self._maintain_loop()
+
+    async def _maintain_loop(self) -> None:
         last_health = time.monotonic()
         while True:
             with anyio.move_on_after(min(self.settings.health_interval, self.settings.refresh_ttl)):

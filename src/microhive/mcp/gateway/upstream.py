@@ -33,6 +33,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter
 
 from microhive.errors import InvalidInput, ServiceUnavailable, UpstreamError
+from microhive.tracing import background
 
 from ..pooled_http import PooledHTTPTransport
 from ..registry import UpstreamSpec
@@ -125,7 +126,9 @@ class UpstreamPool:
     async def _own(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
         try:
-            with self._scope:
+            # Connecting and following tool-list changes serve no one request: their
+            # traces (the SDK's handshake and listen spans) are background ones.
+            with self._scope, background():
                 await self._serve()
         finally:
             self._closed.set()
