@@ -97,3 +97,43 @@ async def test_an_unknown_tool_is_refused_and_a_stubborn_model_stops() -> None:
     assert box.calls == []
     assert all(r.rejected for r in result.tool_calls)
     assert "there is no tool named 'zoo.feed'" in result.tool_calls[0].text
+
+
+async def test_nulls_for_optional_arguments_mean_not_given() -> None:
+    box = _box()
+    model = ScriptedModel(
+        [
+            {"tool_calls": [{"name": "zoo.count", "arguments": {"species": "owl", "n": None}}]},
+            "done",
+        ]
+    )
+    result = await run_agent(model, MESSAGES, toolbox=box)
+    assert box.calls == [("zoo.count", {"species": "owl"})]
+    assert not result.tool_calls[0].rejected
+
+
+async def test_the_worker_owns_the_idempotency_key() -> None:
+    from microhive.agents.worker import KeyedToolbox
+    from microhive.context import CallContext
+
+    seen: list[dict[str, Any]] = []
+    spec = ToolSpec(
+        "ws.write",
+        "Write.",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "idempotency_key": {"type": "string"}},
+            "required": ["path"],
+        },
+    )
+
+    def write(**arguments: Any) -> str:
+        seen.append(arguments)
+        return "ok"
+
+    keyed = KeyedToolbox(LocalToolbox({"ws.write": (spec, write)}), "run1:task1")
+    [shown] = await keyed.list_tools()
+    assert "idempotency_key" not in shown.parameters["properties"]  # not the model's to fill
+    await keyed.call_tool("ws.write", {"path": "a", "idempotency_key": None}, context=CallContext())
+    await keyed.call_tool("ws.write", {"path": "b"}, context=CallContext())
+    assert [s["idempotency_key"] for s in seen] == ["run1:task1:1", "run1:task1:2"]

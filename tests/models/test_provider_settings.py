@@ -288,3 +288,31 @@ def test_a_model_service_needs_the_mesh_and_no_key() -> None:
     assert model.stream is True  # a local server streams by default
     with pytest.raises(UsageError, match="open it with the mesh"):
         open_model(mesh.models["local"], env={})
+
+
+async def test_essential_arguments_hide_optional_fields_with_defaults() -> None:
+    write = ToolSpec(
+        "workspace.write",
+        "Write a file.",
+        {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "content": {"type": "string"},
+                "workspace": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+                "append": {"type": "boolean", "default": False},
+                "note": {"type": "string"},
+            },
+            "required": ["path", "content"],
+        },
+    )
+    model = ScriptedModel(["ok", "ok"])
+    model.essential_arguments = True
+    await model.chat(ASK, tools=[write])
+    shown = model.requests[0].tools[0].parameters["properties"]
+    assert set(shown) == {"path", "content", "note"}  # optional without a default stays
+    model.essential_arguments = False
+    await model.chat(ASK, tools=[write])
+    assert set(model.requests[1].tools[0].parameters["properties"]) == set(
+        write.parameters["properties"]
+    )

@@ -172,7 +172,7 @@ class _Writer(ModelProvider):
         if any(isinstance(m, ToolResultMessage) for m in request.messages):
             return ChatResult("saved", provider="scripted", offline=True)
         text = request.messages[-1].content
-        path = text.split("Required outputs:", 1)[1].split("\n- ", 1)[1].split("\n", 1)[0]
+        path = text.split("workspace write tool to:", 1)[1].split("\n- ", 1)[1].split("\n", 1)[0]
         call = ToolCall("c1", "workspace.write", {"path": path.strip(), "content": "# Bees"})
         return ChatResult("", (call,), "tool_calls", provider="scripted", offline=True)
 
@@ -297,3 +297,171 @@ async def test_the_workspace_checker_asks_the_real_workspace(tmp_path: Path) -> 
             await down.missing(["x.md"])
     finally:
         await down.aclose()
+
+
+async def test_a_task_with_outputs_is_offered_a_write_tool_whatever_retrieval_picks(
+    bus: Bus, store: WorkflowStore
+) -> None:
+    files = Files()
+    write = files.toolbox()._tools["workspace.write"]
+    box = LocalToolbox()
+    for i in range(6):  # tools that crowd the write tool out of the top k
+
+        def noop(x: str = "") -> str:
+            return "nothing"
+
+        box.add(noop, name=f"calc.noop{i}")
+    box._tools["workspace.write"] = write  # last: retrieval (here, the first k) misses it
+    model = _Writer("w")
+    requests: list[Any] = []
+    real_chat = model._chat
+
+    async def spy(request: Any) -> Any:
+        requests.append(request)
+        return await real_chat(request)
+
+    model._chat = spy  # type: ignore[method-assign]
+    orch = Orchestrator(
+        store=store, bus=bus, planner=ScriptedModel([_plan()]), roles=ROLES, max_attempts=1
+    )
+    await orch.start()
+
+    async def tools(_: object) -> LocalToolbox:
+        return box
+
+    worker = Worker(
+        bus=bus,
+        role="researcher",
+        model_for=lambda _: model,
+        toolbox_for=tools,
+        top_k=2,
+        check_outputs=files,
+    )
+    await worker.start()
+    try:
+        run = await orch.submit("bees", RunOptions(timeout=30))
+        done = await orch.wait(run.id, within=20)
+    finally:
+        await worker.aclose()
+        await orch.aclose()
+    offered = [t.name for t in requests[0].tools]
+    assert len(offered) == 3 and "workspace.write" in offered  # top 2, plus the writer
+    assert done.status is RunStatus.SUCCEEDED, done.error
+
+
+async def test_prefetch_puts_what_a_task_reads_and_finds_in_its_prompt(
+    bus: Bus, store: WorkflowStore, tmp_path: Path
+) -> None:
+    ws = build_service(Service(name="workspace"), settings(tmp_path / "ws"))
+    server = await Server(ws.asgi()).start()
+    access = WorkspaceOutputs(server.url)
+    plan = {
+        "tasks": [
+            {"id": "find", "role": "researcher", "instruction": "find", "outputs": ["f.json"]},
+            {
+                "id": "write",
+                "role": "writer",
+                "instruction": "write the brief",
+                "inputs": {"read": ["library/roofs.md"], "query": "green roofs bees"},
+                "depends_on": ["find"],
+            },
+        ]
+    }
+    researcher = _Writer("r")
+    writer = ScriptedModel(["the brief"])
+    orch = Orchestrator(
+        store=store, bus=bus, planner=ScriptedModel([]), roles=ROLES, max_attempts=1
+    )
+    await orch.start()
+    workers = [
+        Worker(
+            bus=bus,
+            role="researcher",
+            model_for=lambda _: researcher,
+            toolbox_for=_workspace_box(server.url),
+            check_outputs=access,
+        ),
+        Worker(
+            bus=bus,
+            role="writer",
+            model_for=lambda _: writer,
+            check_outputs=access,
+            prefetch=access,
+        ),
+    ]
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await http.put(
+                "/v1/ws/default/files/library/roofs.md", content=b"# Roofs\nGreen roofs."
+            )
+            await http.put(
+                "/v1/ws/default/files/library/verges.md",
+                content=b"# Verges\nUncut verges feed bees; green roofs hold few bee species.",
+            )
+        for w in workers:
+            await w.start()
+        run = await orch.submit("bees", RunOptions(timeout=30), plan=plan)
+        done = await orch.wait(run.id, within=30)
+        assert done.status is RunStatus.SUCCEEDED, done.error
+        prompt = writer.requests[0].messages[-1].content
+        project = (await orch.get(run.id))["project"]
+        # the dependency's declared output, the file the task reads, and a search hit
+        assert f'<document source="{project}/f.json">' in prompt
+        assert '<document source="library/roofs.md">\n# Roofs\nGreen roofs.' in prompt
+        assert '<document source="library/verges.md">' in prompt
+    finally:
+        for w in workers:
+            await w.aclose()
+        await orch.aclose()
+        await access.aclose()
+        await server.stop()
+
+
+def _workspace_box(base: str) -> Callable[[object], Awaitable[LocalToolbox]]:
+    """A write tool that really writes to the workspace at ``base`` (over REST)."""
+
+    async def write(path: str, content: str, idempotency_key: str = "") -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            response = await http.put(f"{base}/v1/ws/default/files/{path}", content=content)
+        response.raise_for_status()
+        return {"path": path}
+
+    box = LocalToolbox({"workspace.write": (WRITE, write)})
+
+    async def tools(_: object) -> LocalToolbox:
+        return box
+
+    return tools
+
+
+class _Forgetful(ModelProvider):
+    """Answers without saving; told the file is missing, saves it, then answers."""
+
+    provider = "scripted"
+    offline = True
+
+    async def _chat(self, request: Any) -> Any:
+        from microhive.models.types import ChatResult, ToolResultMessage, UserMessage
+
+        last = request.messages[-1]
+        if isinstance(last, ToolResultMessage):
+            return ChatResult("saved now", provider="scripted", offline=True)
+        if isinstance(last, UserMessage) and last.content.startswith("Not done yet: "):
+            path = last.content.removeprefix("Not done yet: ").split(" ", 1)[0]
+            call = ToolCall("c1", "workspace.write", {"path": path, "content": "# Bees"})
+            return ChatResult("", (call,), "tool_calls", provider="scripted", offline=True)
+        return ChatResult("All done!", provider="scripted", offline=True)
+
+
+async def test_an_answer_with_the_file_missing_is_told_so_within_the_attempt(
+    mesh: Start, store: WorkflowStore
+) -> None:
+    files = Files()
+    orch = await mesh(ScriptedModel([_plan()]), _Forgetful("f"), files=files)
+    run = await orch.submit("bees", RunOptions(timeout=30))
+    done = await orch.wait(run.id, within=20)
+    assert done.status is RunStatus.SUCCEEDED, done.error
+    [task] = await store.get_tasks(run.id)
+    assert task.attempts == 1  # no second attempt was needed
+    project = (await orch.get(run.id))["project"]
+    assert files.files == {f"{project}/notes.md": "# Bees"}

@@ -104,6 +104,19 @@ class ArgumentChecker:
             self._validators[spec.name] = _compile(spec.parameters)
         return self._validators[spec.name]
 
+    def clean(self, call: ToolCall) -> ToolCall:
+        """``call`` without the ``null`` it gave optional arguments (their defaults apply).
+
+        Small models write ``"expected_version": null`` for every field they were
+        not asked to fill; that means "not given", not a value to check.
+        """
+        spec = self._tools.get(call.name)
+        if spec is None or call.error or not any(v is None for v in call.arguments.values()):
+            return call
+        required = set(spec.parameters.get("required") or ())
+        kept = {k: v for k, v in call.arguments.items() if v is not None or k in required}
+        return ToolCall(call.id, call.name, kept, call.error)
+
     def problems(self, call: ToolCall) -> list[str]:
         """What is wrong with ``call`` (empty when it may run)."""
         if call.error:

@@ -61,6 +61,7 @@ from microhive.models.types import (
     ToolResultMessage,
     ToolSpec,
     Usage,
+    UserMessage,
 )
 from microhive.tracing import (
     EVENT_BUDGET_EXHAUSTED,
@@ -72,6 +73,7 @@ from microhive.tracing import (
 )
 
 __all__ = [
+    "MAX_NUDGES",
     "AgentResult",
     "StopReason",
     "ToolOutcome",
@@ -80,6 +82,10 @@ __all__ = [
     "run_agent",
     "with_span_trace",
 ]
+
+
+#: How often a model that answered with its work not done is told so and goes on.
+MAX_NUDGES = 2
 
 
 class StopReason(StrEnum):
@@ -214,17 +220,24 @@ async def run_agent(
     repeat_limit: int = 2,
     top_k: int | None = None,
     select_tools: ToolSelector | None = None,
+    always_offer: Sequence[str] = (),
     task_text: str = "",
     on_tool_call: Callable[[ToolRecord], Awaitable[None]] | None = None,
     metrics: CallMetrics | None = None,
     hooks: ChatHooks | None = None,
+    check_done: Callable[[], Awaitable[str | None]] | None = None,
 ) -> AgentResult:
     """Run the loop. ``repeat_limit``: how often one exact call may be made before stopping.
 
     When ``top_k`` is set and the toolbox offers more tools, ``select_tools``
-    (tool retrieval) picks the ``top_k`` that fit ``task_text``. ``metrics``
+    (tool retrieval) picks the ``top_k`` that fit ``task_text``; the tools named in
+    ``always_offer`` are offered on top of them (the worker names the write tool
+    a task needs for its declared outputs). ``metrics``
     records each tool call's latency and outcome on a service's ``/metrics``;
-    ``hooks`` hears the model's streamed text and its retries.
+    ``hooks`` hears the model's streamed text and its retries. ``check_done``,
+    asked when the model answers, says what is still missing (``None``: done);
+    the model is told and goes on, at most :data:`MAX_NUDGES` times and within
+    ``max_steps`` (the worker uses it for declared outputs not yet written).
     """
     ctx = context or CallContext.current()
     # Spans go under the current span if it is in ctx's trace, else under ctx's parent.
@@ -239,10 +252,12 @@ async def run_agent(
             repeat_limit=repeat_limit,
             top_k=top_k,
             select_tools=select_tools,
+            always_offer=always_offer,
             task_text=task_text,
             on_tool_call=on_tool_call,
             metrics=metrics,
             hooks=hooks,
+            check_done=check_done,
         )
     finally:
         if token is not None:
@@ -261,22 +276,27 @@ async def _loop(
     repeat_limit: int,
     top_k: int | None,
     select_tools: ToolSelector | None,
+    always_offer: Sequence[str],
     task_text: str,
     on_tool_call: Callable[[ToolRecord], Awaitable[None]] | None,
     metrics: CallMetrics | None,
     hooks: ChatHooks | None,
+    check_done: Callable[[], Awaitable[str | None]] | None,
 ) -> AgentResult:
     history: list[Message] = list(messages)
     usage = Usage()
     records: list[ToolRecord] = []
     seen: Counter[str] = Counter()
     offline = False
-    tools: Sequence[ToolSpec] = await toolbox.list_tools() if toolbox is not None else ()
-    if top_k is not None and len(tools) > top_k:
+    every: Sequence[ToolSpec] = await toolbox.list_tools() if toolbox is not None else ()
+    tools = every
+    if top_k is not None and len(every) > top_k:
         if select_tools is not None:
-            tools = await select_tools(task_text, tools, top_k)
+            tools = await select_tools(task_text, every, top_k)
         else:
-            tools = tools[:top_k]
+            tools = every[:top_k]
+        chosen = {t.name for t in tools}
+        tools = [*tools, *(t for t in every if t.name in always_offer and t.name not in chosen)]
     checker = ArgumentChecker(tools)
 
     def finish(stop: StopReason, text: str = "", detail: str = "", step: int = 0) -> AgentResult:
@@ -292,6 +312,7 @@ async def _loop(
         )
 
     last_text = ""
+    nudges = 0
     for step in range(1, max_steps + 1):
         try:
             ctx.check()
@@ -311,7 +332,14 @@ async def _loop(
         except BudgetExhausted as exc:
             return finish(StopReason.BUDGET, last_text, exc.message, step)
         if not result.tool_calls:
+            unfinished = await check_done() if check_done is not None else None
+            if unfinished and nudges < MAX_NUDGES and step < max_steps:
+                # An answer with the work not done: say what is missing, once or twice.
+                nudges += 1
+                history += [result.message(), UserMessage(unfinished)]
+                continue
             return finish(StopReason.FINAL_ANSWER, result.text, "", step)
+        result = replace(result, tool_calls=tuple(checker.clean(c) for c in result.tool_calls))
         history.append(result.message())
         for call in result.tool_calls:
             seen[_call_key(call)] += 1

@@ -23,13 +23,26 @@ import httpx
 
 from microhive.errors import ServiceUnavailable, UpstreamError
 
-__all__ = ["OutputCheck", "WorkspaceOutputs", "output_paths"]
+__all__ = ["OutputCheck", "Prefetch", "WorkspaceOutputs", "output_paths"]
 
 
 class OutputCheck(Protocol):
     """Says which of some workspace paths do not exist."""
 
     async def missing(self, paths: Sequence[str]) -> list[str]: ...
+
+
+class Prefetch(Protocol):
+    """Finds what a sub-task will need and hands it over as documents (name -> text)."""
+
+    async def documents(
+        self, *, reads: Sequence[str], query: str, project: str
+    ) -> dict[str, str]: ...
+
+
+#: Characters of one prefetched document and of all of them, at most.
+DOC_CHARS = 2000
+DOCS_CHARS = 6000
 
 
 def output_paths(outputs: Sequence[str], project: str) -> list[str]:
@@ -73,6 +86,62 @@ class WorkspaceOutputs:
 
     async def missing(self, paths: Sequence[str]) -> list[str]:
         return [p for p in paths if not await self._exists(p)]
+
+    async def documents(self, *, reads: Sequence[str], query: str, project: str) -> dict[str, str]:
+        """The files a sub-task reads and the workspace's best hits for its query.
+
+        Each file is looked for in the project folder first, then as a workspace
+        path; the search brings the top files for ``query`` (their beginning, and
+        the matching passage). Bounded: :data:`DOC_CHARS` a document,
+        :data:`DOCS_CHARS` in all. What cannot be found is left out.
+        """
+        found: dict[str, str] = {}
+        for name in reads:
+            for path in dict.fromkeys([*output_paths([name], project), name.lstrip("/")]):
+                text = await self._text(path)
+                if text is not None:
+                    found[path] = text[:DOC_CHARS]
+                    break
+        if query.strip():
+            for path, snippet in await self._search(query, limit=6):
+                if path in found or len(found) >= 3 + len(reads):
+                    continue
+                text = await self._text(path)
+                body = text[:DOC_CHARS] if text is not None else snippet
+                if text is not None and snippet and snippet[:60] not in body:
+                    body = f"{body[: DOC_CHARS - len(snippet) - 8]}\n...\n{snippet}"
+                found[path] = body
+        out: dict[str, str] = {}
+        total = 0
+        for path, text in found.items():
+            if total + len(text) > DOCS_CHARS:
+                break
+            out[path] = text
+            total += len(text)
+        return out
+
+    async def _text(self, path: str) -> str | None:
+        url = f"/v1/ws/{quote(self.workspace, safe='')}/files/{quote(path)}"
+        try:
+            response = await self._http.get(url)
+        except httpx.HTTPError:
+            return None
+        kind = response.headers.get("content-type", "")
+        if response.status_code != 200 or not kind.startswith(("text/", "application/json")):
+            return None
+        return response.text
+
+    async def _search(self, query: str, limit: int) -> list[tuple[str, str]]:
+        url = f"/v1/ws/{quote(self.workspace, safe='')}/search"
+        try:
+            response = await self._http.get(url, params={"q": query[:500], "limit": limit})
+            hits = response.json()["hits"] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError):
+            return []
+        seen: dict[str, str] = {}
+        for hit in hits:
+            seen.setdefault(str(hit.get("path")), str(hit.get("snippet") or ""))
+        return list(seen.items())
 
     async def _exists(self, path: str) -> bool:
         url = f"/v1/ws/{quote(self.workspace, safe='')}/info/{quote(path)}"

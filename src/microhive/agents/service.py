@@ -32,7 +32,7 @@ from microhive.agents.loop import Toolbox
 from microhive.agents.outputs import WorkspaceOutputs
 from microhive.agents.worker import Worker
 from microhive.bus import bus_from_spec, register_bus_metrics
-from microhive.config import MeshConfig
+from microhive.config import MeshConfig, RoleSpec
 from microhive.errors import ConfigError
 from microhive.models import open_model
 from microhive.models.base import ModelProvider
@@ -122,6 +122,7 @@ def create_service(ctx: ServiceContext) -> Service:
             ack_wait=ack_wait,
             metrics=calls,
             check_outputs=state.get("outputs"),
+            prefetch=state.get("outputs") if _prefetch(mesh, role_spec) else None,
         )
         await worker.start()
         state["worker"] = worker
@@ -144,6 +145,13 @@ def create_service(ctx: ServiceContext) -> Service:
 
     service.add_ready_check("bus", bus_ready)
     return service
+
+
+def _prefetch(mesh: MeshConfig, role: RoleSpec) -> bool:
+    if role.prefetch is not None:
+        return role.prefetch
+    model = mesh.models.get(role.model)
+    return model is not None and model.service is not None
 
 
 def _default_workspace(mesh: MeshConfig) -> str | None:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from microhive.agents.loop import (
     run_agent,
     with_span_trace,
 )
-from microhive.agents.outputs import OutputCheck, output_paths
+from microhive.agents.outputs import OutputCheck, Prefetch, output_paths
 from microhive.bus import Bus, Delivery, Subscription
 from microhive.context import CallContext
 from microhive.errors import MicrohiveError, UsageError
@@ -81,28 +82,46 @@ ToolboxFor = Callable[[TaskMessage], Awaitable[Toolbox | None]]
 
 
 class KeyedToolbox:
-    """Adds a deterministic ``idempotency_key`` to calls of tools that accept one."""
+    """Gives calls of tools that accept an ``idempotency_key`` a deterministic one.
+
+    The key is the worker's business, not the model's: it is left out of the
+    tools' schemas the model sees, and whatever a model writes there is replaced
+    (a small model fills every field it is shown, with ``null`` as often as not).
+    """
 
     def __init__(self, inner: Toolbox, prefix: str) -> None:
         self._inner = inner
         self._prefix = prefix
         self._keyed: set[str] = set()
+        self._tools: list[ToolSpec] | None = None
         self._count = 0
 
     async def list_tools(self) -> list[ToolSpec]:
-        tools = await self._inner.list_tools()
-        self._keyed = {
-            t.name for t in tools if "idempotency_key" in (t.parameters.get("properties") or {})
-        }
-        return tools
+        # Listed once per sub-task (this object lives for one), however often asked.
+        if self._tools is None:
+            tools = await self._inner.list_tools()
+            self._keyed = {t.name for t in tools if _KEY in (t.parameters.get("properties") or {})}
+            self._tools = [_without_key(t) if t.name in self._keyed else t for t in tools]
+        return self._tools
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], *, context: CallContext
     ) -> ToolOutcome:
         self._count += 1
-        if name in self._keyed and "idempotency_key" not in arguments:
-            arguments = {**arguments, "idempotency_key": f"{self._prefix}:{self._count}"}
+        if name in self._keyed:
+            arguments = {**arguments, _KEY: f"{self._prefix}:{self._count}"}
         return await self._inner.call_tool(name, arguments, context=context)
+
+
+_KEY = "idempotency_key"
+
+
+def _without_key(tool: ToolSpec) -> ToolSpec:
+    schema = dict(tool.parameters)
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k != _KEY}
+    if isinstance(schema.get("required"), list):
+        schema["required"] = [r for r in schema["required"] if r != _KEY]
+    return ToolSpec(tool.name, tool.description, schema)
 
 
 class Worker:
@@ -122,6 +141,7 @@ class Worker:
         role_prompt: str = "",
         metrics: CallMetrics | None = None,
         check_outputs: OutputCheck | None = None,
+        prefetch: Prefetch | None = None,
     ) -> None:
         self.bus = bus
         self.role = role
@@ -134,6 +154,7 @@ class Worker:
         self.role_prompt = role_prompt
         self.metrics = metrics
         self.check_outputs = check_outputs
+        self.prefetch = prefetch
         self.name = f"{role}@{socket.gethostname()}:{os.getpid()}"
         self.handled = 0
         #: Sub-tasks being worked on right now (a service exposes it on /metrics).
@@ -213,6 +234,25 @@ class Worker:
         await self._report(task, "result", ok=ok, result=data, error=error, retryable=retryable)
         self.handled += 1
 
+    async def _prefetched(self, task: TaskMessage, span: TracedSpan) -> dict[str, str]:
+        """The documents the prefetch finds for ``task`` (none when it fails)."""
+        assert self.prefetch is not None
+        read = task.inputs.get("read") or []
+        reads = [read] if isinstance(read, str) else [str(r) for r in read]
+        query = next(
+            (str(task.inputs[k]) for k in ("query", "topic") if str(task.inputs.get(k) or "")),
+            "",
+        )
+        try:
+            docs = await self.prefetch.documents(
+                reads=[*reads, *task.dependency_outputs], query=query, project=task.project
+            )
+        except MicrohiveError as exc:
+            log.warning("prefetch for %s/%s failed: %s", task.run_id, task.task_id, exc.message)
+            return {}
+        span.set("microhive.prefetch.documents", len(docs))
+        return docs
+
     async def _verify(
         self, task: TaskMessage, data: dict[str, Any], span: TracedSpan
     ) -> tuple[str | None, bool]:
@@ -253,12 +293,15 @@ class Worker:
         keyed = (
             KeyedToolbox(toolbox, f"{task.run_id}:{task.task_id}") if toolbox is not None else None
         )
+        documents = dict(task.documents)
+        if self.prefetch is not None:
+            documents.update(await self._prefetched(task, span))
         messages = task_messages(
             task.role,
             task.instruction,
             inputs=task.inputs,
             project=task.project,
-            documents=task.documents,
+            documents=documents,
             role_prompt=self.role_prompt,
             outputs=output_paths(task.outputs, task.project),
         )
@@ -279,11 +322,36 @@ class Worker:
                 detail["path"] = path
             await self._report(task, kind, detail=detail)
 
+        paths = output_paths(task.outputs, task.project)
+
+        async def check_done() -> str | None:
+            if not paths or self.check_outputs is None:
+                return None
+            try:
+                missing = await self.check_outputs.missing(paths)
+            except MicrohiveError:
+                return None  # the check after the loop reports it
+            if not missing:
+                return None
+            return (
+                "Not done yet: "
+                + ", ".join(missing)
+                + " "
+                + ("is" if len(missing) == 1 else "are")
+                + " not written. Write the result there now with the workspace write tool, "
+                "then answer."
+            )
+
+        # A task that must save files gets a tool to save them, whatever retrieval picks.
+        writers: list[str] = []
+        if task.outputs and keyed is not None:
+            writers = _write_tools(await keyed.list_tools())
         try:
             return await run_agent(
                 model,
                 messages,
                 toolbox=keyed,
+                always_offer=writers,
                 context=ctx,
                 max_steps=self.max_steps,
                 top_k=self.top_k,
@@ -293,6 +361,7 @@ class Worker:
                 on_tool_call=on_tool,
                 metrics=self.metrics,
                 hooks=ChatHooks(on_text=stream.add, on_retry=on_retry),
+                check_done=check_done,
             )
         finally:
             await stream.flush()
@@ -333,6 +402,15 @@ class Worker:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             await delivery.in_progress()
+
+
+_WRITE_TOOL = re.compile(r"(?:^|[._])(?:write|save)(?:_file)?$")
+
+
+def _write_tools(tools: list[ToolSpec]) -> list[str]:
+    """The tools that save a file (the workspace's first), for a task with outputs."""
+    found = [t.name for t in tools if _WRITE_TOOL.search(t.name)]
+    return sorted(found, key=lambda n: (not n.startswith("workspace"), n))[:1]
 
 
 class _TextOut:

@@ -221,6 +221,12 @@ class ModelSpec(_Strict):
         description="stream tokens into the run's events (default: on for a model served "
         "by a mesh service, off for hosted APIs)",
     )
+    tool_arguments: Literal["all", "essential"] | None = Field(
+        default=None,
+        description="'essential' leaves out of the tools shown to the model the optional "
+        "arguments that have a default (a small model fills every field it sees, often "
+        "wrongly); default: essential for a model served by a mesh service, else all",
+    )
 
     @model_validator(mode="after")
     def _service_or_url(self) -> ModelSpec:
@@ -241,6 +247,13 @@ class RoleSpec(_Strict):
     top_k_tools: int = Field(default=8, ge=1, le=200)
     token_env: str | None = Field(
         default=None, description="environment variable holding this role's gateway token"
+    )
+    prefetch: bool | None = Field(
+        default=None,
+        description="put in each sub-task's prompt, before the agent starts, the files it "
+        "reads (inputs.read and its dependencies' declared outputs) and the workspace's "
+        "best hits for its query; default: on when the role's model is served by a mesh "
+        "service (a small local model rarely searches or reads by itself)",
     )
 
 

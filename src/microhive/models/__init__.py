@@ -163,6 +163,7 @@ def _openai(spec: ModelSpec, env: Env, where: _Where) -> ModelProvider:
         tool_calls=spec.tool_calls,
         stream=spec.stream if spec.stream is not None else spec.service is not None,
         context_size=spec.context_size,
+        essential_arguments=_essential(spec),
     )
 
 
@@ -183,7 +184,14 @@ def _anthropic(spec: ModelSpec, env: Env, where: _Where) -> ModelProvider:
         retries=spec.retries,
         tool_calls=spec.tool_calls,
         context_size=spec.context_size,
+        essential_arguments=_essential(spec),
     )
+
+
+def _essential(spec: ModelSpec) -> bool:
+    if spec.tool_arguments is not None:
+        return spec.tool_arguments == "essential"
+    return spec.service is not None  # a small local model, most likely
 
 
 _PROVIDERS: dict[str, Callable[[ModelSpec, Env, _Where], ModelProvider]] = {

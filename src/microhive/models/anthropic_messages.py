@@ -65,6 +65,7 @@ class AnthropicModel(ModelProvider):
         key_env: str | None = None,
         tool_calls: ToolCallMode = "auto",
         context_size: int | None = None,
+        essential_arguments: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -74,6 +75,7 @@ class AnthropicModel(ModelProvider):
             retries=retries,
             tool_calls=tool_calls,
             context_size=context_size,
+            essential_arguments=essential_arguments,
         )
         self.base_url = base_url or "https://api.anthropic.com"
         self._key_env = key_env

@@ -56,7 +56,7 @@ from microhive.models.types import (
 )
 from microhive.tracing import CallMetrics, TracedSpan, chat_span
 
-__all__ = ["EVENT_MODEL_RETRY", "ModelProvider", "ToolCallMode", "join_trace"]
+__all__ = ["EVENT_MODEL_RETRY", "ModelProvider", "ToolCallMode", "essential", "join_trace"]
 
 #: How a model's tool calls arrive (see :mod:`microhive.models.toolcalls`).
 ToolCallMode = Literal["auto", "native", "content"]
@@ -66,6 +66,27 @@ EVENT_MODEL_RETRY = "model_retry"
 _PASSING = (UpstreamError, TimeoutFailure, ServiceUnavailable)
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 30.0
+
+
+def essential(tool: ToolSpec) -> ToolSpec:
+    """``tool`` without the optional arguments that have a default.
+
+    What a small model is shown: it tends to fill every field of a schema, and a
+    guessed ``workspace`` or ``expected_version`` breaks a call that the tool's
+    defaults would have done right. Calls are still checked against the full schema.
+    """
+    props = tool.parameters.get("properties")
+    if not isinstance(props, dict):
+        return tool
+    required = tool.parameters.get("required") or []
+    kept = {
+        name: schema
+        for name, schema in props.items()
+        if name in required or not (isinstance(schema, dict) and "default" in schema)
+    }
+    if len(kept) == len(props):
+        return tool
+    return ToolSpec(tool.name, tool.description, {**tool.parameters, "properties": kept})
 
 
 def _with_tool_prompt(messages: tuple[Message, ...], prompt: str) -> tuple[Message, ...]:
@@ -103,8 +124,9 @@ class ModelProvider(abc.ABC):
     ``model_retry`` span event and a hook call, with backoff inside the deadline),
     ``tool_calls`` (``auto``/``native``/``content``: how the model's tool calls
     arrive, see :mod:`microhive.models.toolcalls`), ``stream`` (stream text to the
-    hooks' ``on_text`` where the provider can) and ``context_size`` (the output
-    limit is cut to what fits beside the prompt).
+    hooks' ``on_text`` where the provider can), ``context_size`` (the output
+    limit is cut to what fits beside the prompt) and ``essential_arguments``
+    (tools are shown without their optional arguments that have a default).
     """
 
     #: Registry name, e.g. ``openai``; shown on results and spans.
@@ -125,6 +147,7 @@ class ModelProvider(abc.ABC):
         tool_calls: ToolCallMode = "auto",
         stream: bool = False,
         context_size: int | None = None,
+        essential_arguments: bool = False,
     ) -> None:
         if tool_calls not in ("auto", "native", "content"):
             raise InvalidInput(f"tool_calls must be auto, native or content, got {tool_calls!r}")
@@ -138,6 +161,7 @@ class ModelProvider(abc.ABC):
         self.tool_calls = tool_calls
         self.stream = stream
         self.context_size = context_size
+        self.essential_arguments = essential_arguments
 
     async def chat(
         self,
@@ -179,6 +203,8 @@ class ModelProvider(abc.ABC):
                 raise BudgetExhausted("token budget exhausted; model not called")
             limit = min(limit, ctx.budget_tokens) if limit is not None else ctx.budget_tokens
         offered = specs
+        if self.essential_arguments:
+            specs = tuple(essential(t) for t in specs)
         if specs and self.tool_calls == "content" and response_schema is None:
             # Tools go into the prompt, not the API: the model writes its calls as text.
             msgs = _with_tool_prompt(msgs, content_mode_prompt(specs))

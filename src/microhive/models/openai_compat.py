@@ -67,6 +67,7 @@ class OpenAIModel(ModelProvider):
         tool_calls: ToolCallMode = "auto",
         stream: bool = False,
         context_size: int | None = None,
+        essential_arguments: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -77,6 +78,7 @@ class OpenAIModel(ModelProvider):
             tool_calls=tool_calls,
             stream=stream,
             context_size=context_size,
+            essential_arguments=essential_arguments,
         )
         self.base_url = base_url or f"{_OFFICIAL}/v1"
         self._key_env = key_env

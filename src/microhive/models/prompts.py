@@ -234,8 +234,10 @@ def task_messages(
         raise InvalidInput("a sub-task needs an instruction")
     system = f"role: {role}\n" + (
         role_prompt.strip()
-        or f"You are the {role} of a team of agents. Use the tools you are given to do the "
-        "task, save what the task asks you to save, then answer with a short summary."
+        or f"You are the {role} of a team of agents. Work step by step with the tools you "
+        "are given: first get the facts the task needs (read, search, extract, calculate) "
+        "and never guess them; then save what the task asks you to save (the task fails "
+        "when a file it names is not written); then answer with a short summary."
     )
     parts = [instruction.strip()]
     if project:
@@ -245,10 +247,7 @@ def task_messages(
         parts.append("Inputs:\n" + "\n".join(lines))
     if outputs:
         listed = "\n".join(f"- {path}" for path in outputs)
-        parts.append(
-            "Required outputs: write each of these files with the workspace write tool "
-            "before you answer (the task fails when one is missing):\n" + listed
-        )
+        parts.append("Write your result with the workspace write tool to:\n" + listed)
     for name, text in (documents or {}).items():
         parts.append(f'<document source="{name}">\n{text}\n</document>')
     return [SystemMessage(system), UserMessage("\n\n".join(parts))]

@@ -458,6 +458,7 @@ class Orchestrator:
         self, run: RunRecord, task: TaskRecord, by_id: Mapping[str, TaskRecord]
     ) -> None:
         documents = {dep: str((by_id[dep].result or {}).get("text", "")) for dep in task.depends_on}
+        declared = _declared_outputs(run)
         message = TaskMessage(
             run_id=run.id,
             task_id=task.id,
@@ -469,7 +470,8 @@ class Orchestrator:
             project=project_folder(run.goal, run.id),
             documents=documents,
             model=run.options.get("models", {}).get(task.role),
-            outputs=_declared_outputs(run).get(task.id, []),
+            outputs=declared.get(task.id, []),
+            dependency_outputs=[o for dep in task.depends_on for o in declared.get(dep, [])],
         )
         with _in_run(
             run,

@@ -85,6 +85,8 @@ class TaskMessage(_Message):
     model: str | None = None
     #: Files (relative to ``project``) the sub-task must produce: its declared outputs.
     outputs: list[str] = Field(default_factory=list, max_length=16)
+    #: The declared outputs of the sub-tasks it depends on (relative to ``project``).
+    dependency_outputs: list[str] = Field(default_factory=list, max_length=64)
 
 
 class TaskEvent(_Message):
