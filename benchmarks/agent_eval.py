@@ -134,7 +134,7 @@ def model_entry(args: argparse.Namespace, which: str) -> dict[str, Any]:
     """The mesh's ``models.default`` for the offline or the local (real) model."""
     if which == "offline":
         return {"provider": "offline"}
-    settings = {"temperature": 0.2, "timeout": 900, "retries": 1, "max_tokens": 1024}
+    settings = {"temperature": 0.2, "timeout": 900, "retries": 1, "max_tokens": 700}
     if args.provider:
         entry = {"provider": args.provider, "model": args.model_name, **settings}
         if args.base_url:

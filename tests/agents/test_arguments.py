@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -137,3 +138,35 @@ async def test_the_worker_owns_the_idempotency_key() -> None:
     await keyed.call_tool("ws.write", {"path": "a", "idempotency_key": None}, context=CallContext())
     await keyed.call_tool("ws.write", {"path": "b"}, context=CallContext())
     assert [s["idempotency_key"] for s in seen] == ["run1:task1:1", "run1:task1:2"]
+
+
+async def test_an_object_given_for_a_string_is_sent_as_its_json_text() -> None:
+    seen: list[dict[str, Any]] = []
+    spec = ToolSpec(
+        "ws.write",
+        "Write.",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    )
+
+    def write(**arguments: Any) -> str:
+        seen.append(arguments)
+        return "ok"
+
+    facts = {"facts": [{"fact": "bees like lavender", "source": "notes.md"}]}
+    model = ScriptedModel(
+        [
+            {
+                "tool_calls": [
+                    {"name": "ws.write", "arguments": {"path": "f.json", "content": facts}}
+                ]
+            },
+            "saved",
+        ]
+    )
+    result = await run_agent(model, MESSAGES, toolbox=LocalToolbox({"ws.write": (spec, write)}))
+    assert not result.tool_calls[0].rejected
+    assert json.loads(seen[0]["content"]) == facts

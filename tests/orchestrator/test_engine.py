@@ -109,7 +109,7 @@ async def test_plan_runs_in_dependency_order_and_succeeds(bus: Bus, store: Workf
         assert all(t.status is TaskStatus.SUCCEEDED for t in tasks.values())
         assert all(t.attempts == 1 for t in tasks.values())
         # The writer saw both research results as documents.
-        user = writer_model.requests[0].messages[-1].content
+        user = "\n".join(m.content for m in writer_model.requests[0].messages[1:])
         assert user.count("found it") == 2
         types = [e.type for e in await store.events(run.id)]
         assert types[0] == "run.created"

@@ -403,7 +403,9 @@ async def test_prefetch_puts_what_a_task_reads_and_finds_in_its_prompt(
         run = await orch.submit("bees", RunOptions(timeout=30), plan=plan)
         done = await orch.wait(run.id, within=30)
         assert done.status is RunStatus.SUCCEEDED, done.error
-        prompt = writer.requests[0].messages[-1].content
+        material, task = writer.requests[0].messages[1:]
+        assert task.content.startswith("write the brief")  # the task comes last
+        prompt = material.content
         project = (await orch.get(run.id))["project"]
         # the dependency's declared output, the file the task reads, and a search hit
         assert f'<document source="{project}/f.json">' in prompt

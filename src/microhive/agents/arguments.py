@@ -105,16 +105,29 @@ class ArgumentChecker:
         return self._validators[spec.name]
 
     def clean(self, call: ToolCall) -> ToolCall:
-        """``call`` without the ``null`` it gave optional arguments (their defaults apply).
+        """``call`` with two slips of small models undone before it is checked.
 
-        Small models write ``"expected_version": null`` for every field they were
-        not asked to fill; that means "not given", not a value to check.
+        A ``null`` for an optional argument means "not given" (its default
+        applies): models write ``"expected_version": null`` for every field they
+        were not asked to fill. And an object or list where the schema wants a
+        string is sent as its JSON text: a model saving ``findings.json`` writes
+        the findings themselves as ``content``.
         """
         spec = self._tools.get(call.name)
-        if spec is None or call.error or not any(v is None for v in call.arguments.values()):
+        if spec is None or call.error:
             return call
+        props = spec.parameters.get("properties") or {}
         required = set(spec.parameters.get("required") or ())
-        kept = {k: v for k, v in call.arguments.items() if v is not None or k in required}
+        kept: dict[str, Any] = {}
+        for key, value in call.arguments.items():
+            if value is None and key not in required:
+                continue
+            wanted = props.get(key) if isinstance(props, Mapping) else None
+            if isinstance(value, dict | list) and _wants_string(wanted):
+                value = json.dumps(value, ensure_ascii=False, indent=2)
+            kept[key] = value
+        if kept == dict(call.arguments):
+            return call
         return ToolCall(call.id, call.name, kept, call.error)
 
     def problems(self, call: ToolCall) -> list[str]:
@@ -134,6 +147,16 @@ class ArgumentChecker:
             if len(found) >= _MAX_PROBLEMS:
                 break
         return found
+
+
+def _wants_string(schema: Any) -> bool:
+    if not isinstance(schema, Mapping):
+        return False
+    if schema.get("type") == "string":
+        return True
+    options = schema.get("anyOf") or schema.get("oneOf") or ()
+    kinds = {o.get("type") for o in options if isinstance(o, Mapping)}
+    return "string" in kinds and not kinds & {"object", "array"}
 
 
 def check_call(call: ToolCall, tools: Sequence[ToolSpec]) -> str | None:

@@ -41,8 +41,8 @@ class Prefetch(Protocol):
 
 
 #: Characters of one prefetched document and of all of them, at most.
-DOC_CHARS = 2000
-DOCS_CHARS = 6000
+DOC_CHARS = 1200
+DOCS_CHARS = 3600
 
 
 def output_paths(outputs: Sequence[str], project: str) -> list[str]:

@@ -11,10 +11,12 @@ line each. The user message is ``Goal: <goal>``. The answer's text is the plan;
 :func:`extract_json` reads it even when a model wraps it in a code fence.
 
 **Sub-tasks** (:func:`task_messages`): the system message starts with
-``role: <role>``; the user message is the instruction, then ``Project folder:``
-(where relative file names live), then the task's inputs as ``- key: value``
-lines under ``Inputs:``, then the results of the tasks it depends on, each as a
-``<document source="NAME">...</document>`` block.
+``role: <role>``; when the task comes with documents (the results of the tasks
+it depends on, prefetched files), a first user message starts with
+:data:`MATERIAL_HEADER` and holds each as a ``<document source="NAME">...
+</document>`` block; the last user message is the task: the instruction, then
+``Project folder:`` (where relative file names live), then the task's inputs as
+``- key: value`` lines under ``Inputs:``, then the files it must write.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from microhive.errors import InvalidInput
 from microhive.models.types import Message, SystemMessage, UserMessage
 
 __all__ = [
+    "MATERIAL_HEADER",
     "PLAN_LIMITS",
     "PLAN_SCHEMA",
     "ROLES_HEADER",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 ROLES_HEADER = "Available roles:"
+#: The first line of the user message that carries a sub-task's documents.
+MATERIAL_HEADER = "Material for the task below:"
 
 #: Limits of a planned sub-task that keep a small model from looping inside its plan:
 #: every list and string of the plan's schema is bounded.
@@ -248,9 +253,15 @@ def task_messages(
     if outputs:
         listed = "\n".join(f"- {path}" for path in outputs)
         parts.append("Write your result with the workspace write tool to:\n" + listed)
-    for name, text in (documents or {}).items():
-        parts.append(f'<document source="{name}">\n{text}\n</document>')
-    return [SystemMessage(system), UserMessage("\n\n".join(parts))]
+    task = UserMessage("\n\n".join(parts))
+    if not documents:
+        return [SystemMessage(system), task]
+    # The material first and the task last: a small model answers what it read last,
+    # and given documents at the end it tends to repeat them back.
+    blocks = [
+        f'<document source="{name}">\n{text}\n</document>' for name, text in documents.items()
+    ]
+    return [SystemMessage(system), UserMessage("\n\n".join([MATERIAL_HEADER, *blocks])), task]
 
 
 def role_of(system_text: str) -> str | None:

@@ -37,7 +37,7 @@ from microhive.models.offline.brief import (
     sources_from,
 )
 from microhive.models.offline.text import Source, key_terms
-from microhive.models.prompts import parse_documents, parse_inputs, role_of
+from microhive.models.prompts import MATERIAL_HEADER, parse_documents, parse_inputs, role_of
 from microhive.models.types import (
     AssistantMessage,
     ChatRequest,
@@ -110,7 +110,9 @@ def _read_task(request: ChatRequest) -> _Task:
     system = "\n".join(m.content for m in request.messages if isinstance(m, SystemMessage))
     users = [m.content for m in request.messages if isinstance(m, UserMessage)]
     text = "\n\n".join(users)
-    instruction = text.split("\n\n", 1)[0] if text else ""
+    # The task is the first user message that is not the material before it.
+    task = next((u for u in users if not u.startswith(MATERIAL_HEADER)), "")
+    instruction = task.split("\n\n", 1)[0] if task else ""
     calls: dict[str, ToolCall] = {}
     results: dict[str, ToolResultMessage] = {}
     for m in request.messages:
