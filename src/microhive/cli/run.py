@@ -75,6 +75,7 @@ def _table(goal: str, tasks: dict[str, dict[str, Any]], notes: list[str]) -> Tab
     table.add_column("role")
     table.add_column("state")
     table.add_column("after")
+    table.add_column("latest", max_width=48, no_wrap=True)
     for task_id, task in tasks.items():
         state = task.get("state", "pending")
         table.add_row(
@@ -82,10 +83,18 @@ def _table(goal: str, tasks: dict[str, dict[str, Any]], notes: list[str]) -> Tab
             task.get("role", ""),
             f"[{_STYLE.get(state, '')}]{state}[/]",
             ", ".join(task.get("depends_on", [])),
+            f"[dim]{escape(task.get('latest', ''))}[/]",
         )
-    for note in notes[-4:]:
-        table.add_row("", "", f"[dim]{escape(note)}[/]", "")
+    if notes:
+        table.caption = "\n".join(escape(note) for note in notes[-4:])
+        table.caption_justify = "left"
     return table
+
+
+def _tail(text: str, width: int = 48) -> str:
+    """The last words a model wrote, on one line (what a live table shows)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else "..." + flat[-(width - 3) :]
 
 
 def follow_run(client: httpx.Client, run_id: str, goal: str, *, as_json: bool) -> dict[str, Any]:
@@ -113,6 +122,23 @@ def follow_run(client: httpx.Client, run_id: str, goal: str, *, as_json: bool) -
                     }.get(kind)
                     if state:
                         tasks[event["task"]]["state"] = state
+                    task = tasks[event["task"]]
+                    if kind == "task.output":  # a slow model at work: its latest words
+                        task["said"] = (task.get("said", "") + str(event.get("text", "")))[-400:]
+                        task["latest"] = _tail(task["said"])
+                    elif kind == "task.model_retry":
+                        notes.append(
+                            f"{event['task']}: model retry {event.get('attempt')}: "
+                            f"{event.get('reason')}"
+                        )
+                    elif kind == "task.tool" and event.get("rejected"):
+                        notes.append(f"{event['task']}: refused a bad call of {event.get('tool')}")
+                elif kind == "plan.output":
+                    planned = notes.pop() if notes and notes[-1].startswith("planning") else ""
+                    text = planned.removeprefix("planning: ") + str(event.get("text", ""))
+                    notes.append("planning: " + _tail(text, 70))
+                elif kind == "plan.model_retry":
+                    notes.append(f"planner retry {event.get('attempt')}: {event.get('reason')}")
                 elif kind == "file.written":
                     notes.append(f"wrote {event.get('path')}")
                 elif kind == "plan.refused":
