@@ -341,19 +341,15 @@ async def seed_task(mesh: Mesh, http: httpx.AsyncClient, task: dict[str, Any], n
     run = await _finish(http, created.json()["id"], 3100)
     seconds = time.monotonic() - started
     calls, tokens = await _calls(mesh, run["id"])
-    best, best_terms = "", 0
     with WorkspaceClient(mesh.workspace) as ws:
         items = ws.list_files(folder=run["project"])["items"]
-    for item in items:
-        if not str(item["path"]).endswith(".md"):
-            continue
-        text = _read(mesh, item["path"]) or ""
-        terms = sum(term in text.lower() for term in check["terms"])
-        if len(text) >= check["min_chars"] and terms > best_terms:
-            best, best_terms = item["path"], terms
-    ok = run["status"] == "succeeded" and best_terms >= check["min_terms"]
-    delivered = any(str(i["path"]).endswith(".md") for i in items)
-    detail = run.get("error") or (f"{best} ({best_terms} terms)" if best else "no brief")
+    briefs = [str(i["path"]) for i in items if str(i["path"]).endswith(".md")]
+    verdicts = [(path, *brief_verdict(_read(mesh, path) or "", check)) for path in briefs]
+    good = [v for v in verdicts if v[1]]
+    ok = run["status"] == "succeeded" and bool(good)
+    delivered = bool(briefs)
+    shown = good[0] if good else (verdicts[-1] if verdicts else None)
+    detail = run.get("error") or (f"{shown[0]}: {shown[2]}" if shown else "no brief")
     return Outcome(
         f"{task['id']}#{n}",
         "seed",
@@ -366,6 +362,31 @@ async def seed_task(mesh: Mesh, http: httpx.AsyncClient, task: dict[str, Any], n
         output_tokens=tokens,
         delivered=delivered,
     )
+
+
+def brief_verdict(text: str, check: dict[str, Any]) -> tuple[bool, str]:
+    """Whether ``text`` is a brief of the topic: long enough, on topic, and written.
+
+    Written means: no document markup copied from the prompt, and no more than
+    half of it one verbatim block of a corpus document (quoting sentences with
+    their sources is fine; handing a source back is not a brief).
+    """
+    import difflib
+
+    low = text.lower()
+    terms = sum(term in low for term in check["terms"])
+    if len(text) < check["min_chars"]:
+        return False, f"{len(text)} characters"
+    if terms < check["min_terms"]:
+        return False, f"{terms} topic terms"
+    if "<document" in low:
+        return False, "copies the prompt's <document> blocks"
+    for name, data in corpus_files():
+        source = data.decode("utf-8", errors="replace")
+        match = difflib.SequenceMatcher(None, text, source, autojunk=False).find_longest_match()
+        if match.size > len(text) / 2:
+            return False, f"half of it is copied from {name}"
+    return True, f"{terms} topic terms, {len(text)} characters"
 
 
 def _server_speed(url: str | None) -> float | None:
