@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from microhive.agents import run_agent
+from microhive.agents import AgentResult, run_agent
 from microhive.agents.gateway_toolbox import GatewayToolbox
 from microhive.agents.outputs import WorkspaceOutputs
 from microhive.agents.worker import Worker
@@ -157,18 +157,29 @@ async def test_the_real_model_writes_its_tool_call_as_text_and_it_is_recovered(
     assert result.finish_reason == "tool_calls"
 
 
-async def test_a_real_agent_calls_a_real_tool_through_the_gateway(
-    real_model_server: RealModelServer,
-) -> None:
-    messages = task_messages(
-        "researcher", "What is 1234 + 4321? Use the calculator tool, then answer with the sum."
-    )
+ADD_TASK = task_messages(
+    "researcher", "What is 1234 + 4321? Use the calculator tool, then answer with the sum."
+)
+
+
+async def _add_with_calculator(
+    server: RealModelServer, wrap: Any = None
+) -> tuple[AgentResult, Calculator, ModelProvider]:
+    """The add task, by the real model (``wrap`` may stand between), through the gateway."""
     async with (
         calculator_gateway() as (calc, url),
         GatewayToolbox(url) as toolbox,
-        _model(real_model_server) as model,
+        _model(server) as real,
     ):
-        result = await run_agent(model, messages, toolbox=toolbox, max_steps=4)
+        model = wrap(real) if wrap is not None else real
+        result = await run_agent(model, ADD_TASK, toolbox=toolbox, max_steps=4)
+    return result, calc, model
+
+
+async def test_a_real_agent_calls_a_real_tool_through_the_gateway(
+    real_model_server: RealModelServer,
+) -> None:
+    result, calc, _ = await _add_with_calculator(real_model_server)
     # The tool itself saw the call: it ran, with the right arguments.
     assert {"a": 1234, "b": 4321} in calc.calls
     # (the gateway serves it as calculator_add)
@@ -210,16 +221,9 @@ class _Damaged(ModelProvider):
 async def test_malformed_arguments_are_told_to_the_model_and_never_reach_the_tool(
     real_model_server: RealModelServer,
 ) -> None:
-    messages = task_messages(
-        "researcher", "What is 1234 + 4321? Use the calculator tool, then answer with the sum."
-    )
-    async with (
-        calculator_gateway() as (calc, url),
-        GatewayToolbox(url) as toolbox,
-        _model(real_model_server) as real,
-    ):
-        model = _Damaged(real)
-        result = await run_agent(model, messages, toolbox=toolbox, max_steps=4)
+    result, calc, damaged = await _add_with_calculator(real_model_server, _Damaged)
+    assert isinstance(damaged, _Damaged)
+    model = damaged
     assert model.damaged
     assert result.tool_calls[0].rejected  # the broken call was refused...
     # ...no call without both numbers ever reached the tool...

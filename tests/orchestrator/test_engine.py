@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from microhive.agents.toolbox import LocalToolbox
 from microhive.agents.worker import Worker
-from microhive.bus import Bus, open_bus
+from microhive.bus import Bus
 from microhive.context import CallContext
 from microhive.models.base import ModelProvider
 from microhive.models.scripted import Reply, ScriptedModel
 from microhive.models.types import ChatRequest, ChatResult, ToolCall
-from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
+from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore
 from microhive.orchestrator.engine import Orchestrator, RunOptions
 from microhive.orchestrator.messages import TaskEvent, run_subject
 from tests.conftest import eventually
@@ -37,18 +35,6 @@ PLAN = {
         },
     ]
 }
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
-    async with open_bus("memory://") as bus:
-        yield bus
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[WorkflowStore]:
-    async with open_store(f"sqlite:///{tmp_path}/wf.db") as store:
-        yield store
 
 
 async def _mesh(

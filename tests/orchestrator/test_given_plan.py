@@ -22,7 +22,7 @@ from microhive.bus import Bus, open_bus
 from microhive.cli import app as cli_app
 from microhive.config import load_config
 from microhive.models.scripted import ScriptedModel
-from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
+from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore
 from microhive.orchestrator.engine import Orchestrator, RunOptions
 from microhive.orchestrator.plan import PlanError
 from microhive.orchestrator.plan_file import (
@@ -73,18 +73,6 @@ def billion_laughs(levels: int = 9) -> str:
 
 
 # ---------------------------------------------------------------- the engine
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
-    async with open_bus("memory://") as bus:
-        yield bus
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[WorkflowStore]:
-    async with open_store(f"sqlite:///{tmp_path}/wf.db") as store:
-        yield store
 
 
 async def _workers(bus: Bus) -> list[Worker]:

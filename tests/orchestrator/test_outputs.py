@@ -18,12 +18,12 @@ import pytest
 from microhive.agents.outputs import WorkspaceOutputs, output_paths
 from microhive.agents.toolbox import LocalToolbox
 from microhive.agents.worker import Worker
-from microhive.bus import Bus, open_bus
+from microhive.bus import Bus
 from microhive.errors import UpstreamError, UsageError
 from microhive.models.base import ModelProvider
 from microhive.models.scripted import Reply, ScriptedModel
 from microhive.models.types import ToolCall, ToolSpec
-from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore, open_store
+from microhive.orchestrator import RunStatus, TaskStatus, WorkflowStore
 from microhive.orchestrator.engine import Orchestrator, RunOptions
 from microhive.service import Service
 from microhive.workspace.service import build_service
@@ -74,18 +74,6 @@ class Files:
     async def missing(self, paths: Sequence[str]) -> list[str]:
         self.checked.append(list(paths))
         return [p for p in paths if p not in self.files]
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
-    async with open_bus("memory://") as bus:
-        yield bus
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[WorkflowStore]:
-    async with open_store(f"sqlite:///{tmp_path}/wf.db") as store:
-        yield store
 
 
 Start = Callable[..., Awaitable[Orchestrator]]
