@@ -12,11 +12,12 @@ import importlib.util
 import inspect
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,55 @@ services:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class ServedMesh:
+    """A mesh folder whose services run as ``microhive serve`` processes, one each.
+
+    Subclasses write ``microhive.yaml`` (with ``self.ports``) in ``__init__``.
+    ``start(name)`` waits until the service is ready (failing with its log when it
+    exits); ``stop_all()`` sends SIGTERM, so spans and stores are flushed.
+    """
+
+    def __init__(self, root: Path, names: Iterable[str], env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+        self.ports = {name: free_port() for name in names}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self, name: str, timeout: float = 60) -> None:
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "microhive", "serve", name, "-f", "microhive.yaml"],
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        wait_for(lambda: self._ready(name), timeout=timeout, what=f"{name} ready")
+
+    def _ready(self, name: str) -> bool:
+        import httpx
+
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            log = (self.root / f"{name}.log").read_text()
+            pytest.fail(f"{name} exited with {proc.returncode}:\n{log[-3000:]}")
+        try:
+            return httpx.get(f"{self.url(name)}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()

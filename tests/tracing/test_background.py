@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from mcp import Client
 from opentelemetry import trace
-from tests.conftest import free_port, wait_for
+from tests.conftest import ServedMesh, wait_for
 
 from microhive.errors import NotFound
 from microhive.tracing import (
@@ -115,13 +113,12 @@ def add(a: int, b: int) -> int:
 '''
 
 
-class _Mesh:
+class _Mesh(ServedMesh):
     """A tool service and a gateway polling it, each a ``microhive serve`` process."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ports = {"calc": free_port(), "gateway": free_port()}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MICROHIVE")}
+        super().__init__(root, ("calc", "gateway"), env)
         (root / "bg_tools.py").write_text(TOOLS)
         (root / "microhive.yaml").write_text(
             f"""
@@ -138,42 +135,6 @@ services:
     settings: {{health_interval: 0.5, refresh_ttl: 1, embedder: none}}
 """
         )
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MICROHIVE")}
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def start(self, name: str) -> None:
-        with open(self.root / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "microhive", "serve", name, "-f", "microhive.yaml"],
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        wait_for(lambda: self._ready(name), timeout=60, what=f"{name} ready")
-
-    def _ready(self, name: str) -> bool:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            log = (self.root / f"{name}.log").read_text()
-            pytest.fail(f"{name} exited with {proc.returncode}:\n{log[-3000:]}")
-        try:
-            return httpx.get(f"{self.url(name)}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
 
     def trace_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from mcp import Client
 from mcp.types import TextContent
-from tests.conftest import free_port, wait_for
+from tests.conftest import ServedMesh, wait_for
 
 from microhive.context import CallContext
 from microhive.tracing import StoredSpan, TraceStore
@@ -66,14 +65,12 @@ async def inside() -> dict:
 '''
 
 
-class Mesh:
+class Mesh(ServedMesh):
     """A mesh folder and its service processes (SIGTERM on stop: spans are flushed)."""
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.env = {**os.environ, **(env or {})}
-        self.ports = {name: free_port() for name in ("orchestrator", "researcher", "calc")}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        names = ("orchestrator", "researcher", "calc")
+        super().__init__(root, names, {**os.environ, **(env or {})})
         plan = {"tasks": [{"id": "sum", "role": "researcher", "instruction": "add 2 and 3"}]}
         (root / "planner.json").write_text(json.dumps({"replies": [json.dumps(plan)]}))
         call = {"name": "add", "arguments": {"a": 2, "b": 3}}
@@ -116,39 +113,6 @@ services:
       gateway: calc
 """
         )
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def start(self, name: str) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        args = [sys.executable, "-m", "microhive", "serve", name, "-f", "microhive.yaml"]
-        self.procs[name] = subprocess.Popen(
-            args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=self.env
-        )
-        log.close()
-        wait_for(lambda: self._ready(name), timeout=30, what=f"{name} ready")
-
-    def _ready(self, name: str) -> bool:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            log = (self.root / f"{name}.log").read_text()
-            pytest.fail(f"{name} exited with {proc.returncode}:\n{log[-3000:]}")
-        try:
-            return httpx.get(f"{self.url(name)}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
 
     @property
     def store(self) -> TraceStore:
